@@ -1,0 +1,1 @@
+//! rto orchestrator library.
