@@ -268,6 +268,19 @@ impl Store {
         Ok(Artifact { kind: ArtifactKind::Tree, digest, size: tree.size() })
     }
 
+    /// Stores a tree manifest built by the caller (e.g. all outputs of a stage as one directory) whose children
+    /// are already in the store.
+    pub fn put_tree(&self, tree: &Tree) -> Result<Artifact> {
+        let bytes = tree.to_canonical_bytes();
+        let digest = ObjectDigest::of_bytes(&bytes);
+        let dest = self.object_path(&digest);
+        if !dest.is_file() {
+            self.write_atomic(&dest, &bytes)?;
+            fs::set_permissions(&dest, fs::Permissions::from_mode(0o444)).ctx("make read-only", &dest)?;
+        }
+        Ok(Artifact { kind: ArtifactKind::Tree, digest, size: tree.size() })
+    }
+
     /// Reads and checks the tree manifest with `digest`.
     pub fn read_tree(&self, digest: &ObjectDigest) -> Result<Tree> {
         let path = self.object_path(digest);
@@ -446,8 +459,9 @@ impl Store {
         Ok(keys)
     }
 
-    /// Reads the record file of `key` without checking its outputs (for `verify` and `gc`).
-    pub(crate) fn read_action_raw(&self, key: &ActionKey) -> Result<ActionRecord> {
+    /// Reads the record file of `key` without checking that its outputs are present (for `rto why`, which
+    /// only needs the pre-image, and for `verify` and `gc`).
+    pub fn read_action_raw(&self, key: &ActionKey) -> Result<ActionRecord> {
         let path = self.action_path(key);
         let bytes = fs::read(&path).ctx("read", &path)?;
         serde_json::from_slice(&bytes).map_err(|e| StoreError::Damaged { path, message: e.to_string() })

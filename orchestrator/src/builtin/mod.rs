@@ -55,6 +55,11 @@ impl ParamError {
 pub trait Builtin: Sync {
     /// The name a stage puts in `uses`.
     fn name(&self) -> &'static str;
+    /// Revision of the built-in's behaviour: bump it when the same params and inputs would give other
+    /// outputs, so that the change invalidates the built-in's stages (it is part of the back-end identity).
+    fn revision(&self) -> u32 {
+        1
+    }
     /// Checks params (and the names of the inputs the stage declares) before anything runs.
     fn validate(&self, params: &serde_json::Value, input_names: &[&str]) -> Result<(), ParamError>;
     /// Runs the stage. Errors name the file and line (for data) or the param at fault.

@@ -1,0 +1,68 @@
+//! The study file as written: serde types that mirror the TOML and keep spans.
+//!
+//! Nothing past [`super::load`] sees these types; they are validated and expanded into [`super::Study`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A whole study file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStudy {
+    /// `[study]`: metadata.
+    pub study: Option<Spanned<RawMeta>>,
+    /// `[vars]`: constants usable as `{name}` anywhere interpolation happens.
+    #[serde(default)]
+    pub vars: BTreeMap<String, Spanned<toml::Value>>,
+    /// `[[stage]]` tables, in file order.
+    #[serde(default)]
+    pub stage: Vec<Spanned<RawStage>>,
+}
+
+/// `[study]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMeta {
+    /// The study's name; defaults to the file stem. Names `results/<name>/` and the study's refs.
+    pub name: Option<Spanned<String>>,
+    /// One line for people.
+    pub description: Option<String>,
+}
+
+/// One `[[stage]]` table, before expansion.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStage {
+    /// The id, possibly with `{var}` placeholders filled by `foreach`.
+    pub id: Spanned<String>,
+    /// A built-in (`dataset`, `command`) or `plugin:op`.
+    pub uses: Spanned<String>,
+    /// One line for people; not part of the key.
+    pub description: Option<String>,
+    /// Matrix expansion: variable → list of values; one stage per combination.
+    pub foreach: Option<Spanned<Matrix>>,
+    /// The back-end's parameters.
+    pub params: Option<Spanned<toml::Table>>,
+    /// Input name → `stage-id`, `stage-id.output` or a path relative to the study file.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, Spanned<String>>,
+    /// What the scheduler must reserve.
+    pub resources: Option<Spanned<RawResources>>,
+}
+
+/// `foreach = { var = [values…] }`.
+pub type Matrix = BTreeMap<String, Spanned<Vec<Spanned<toml::Value>>>>;
+
+/// `resources = { gpus = 1, cpus = 4, memory = "16GiB" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResources {
+    /// Whole GPUs, handed out as `CUDA_VISIBLE_DEVICES`.
+    pub gpus: Option<Spanned<i64>>,
+    /// CPU cores.
+    pub cpus: Option<Spanned<i64>>,
+    /// Memory: bytes, or a string such as `"512MiB"`, `"16GiB"`, `"2GB"`.
+    pub memory: Option<Spanned<toml::Value>>,
+}
