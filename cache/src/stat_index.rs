@@ -41,7 +41,13 @@ pub struct StatIndex {
 impl StatIndex {
     /// Loads the index of `store` (empty if absent or damaged).
     pub fn load(store: &Store) -> StatIndex {
-        let path = store.root().join("index").join("stat.json");
+        StatIndex::load_at(store.root())
+    }
+
+    /// Loads the index of the store at `root` without opening (or creating) the store: planning reads it
+    /// before anything may be written.
+    pub fn load_at(root: &Path) -> StatIndex {
+        let path = root.join("index").join("stat.json");
         let entries = fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         StatIndex { path, entries: Mutex::new(entries), dirty: Mutex::new(false), hashed_bytes: Default::default() }
     }

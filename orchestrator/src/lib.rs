@@ -7,5 +7,9 @@
 
 pub mod backend;
 pub mod builtin;
+pub mod cli;
+pub mod exec;
 pub mod plan;
+pub mod render;
 pub mod study;
+pub mod summary;

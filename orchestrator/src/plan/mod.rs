@@ -83,7 +83,7 @@ impl<'s> Planned<'s> {
     pub fn preimage(
         &self,
         i: usize,
-        outputs: &dyn Fn(usize) -> Option<&'s BTreeMap<String, Artifact>>,
+        outputs: &[Option<BTreeMap<String, Artifact>>],
     ) -> Result<Option<ActionPreimage>, MissingOutput> {
         let stage = &self.study.stages[i];
         let mut inputs = BTreeMap::new();
@@ -114,13 +114,13 @@ impl<'s> Planned<'s> {
     pub fn resolve_input(
         &self,
         source: &InputSource,
-        outputs: &dyn Fn(usize) -> Option<&'s BTreeMap<String, Artifact>>,
+        outputs: &[Option<BTreeMap<String, Artifact>>],
     ) -> Result<Option<Artifact>, String> {
         match source {
             InputSource::Path(p) => Ok(Some(self.files[p])),
             InputSource::Stage { stage, output } => {
                 let j = self.index_of(stage);
-                let Some(outs) = outputs(j) else { return Ok(None) };
+                let Some(outs) = &outputs[j] else { return Ok(None) };
                 match output {
                     Some(name) => outs.get(name).copied().map(Some).ok_or_else(|| {
                         let have = outs.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");

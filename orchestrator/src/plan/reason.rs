@@ -2,13 +2,13 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::key::ActionPreimage;
 
 /// Why a stage is not a cache hit: the first field of the pre-image that differs from the last recorded run
 /// of the same stage id, in a fixed order, or a status that needs no comparison.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "kebab-case")]
 pub enum StaleReason {
     /// The stage id has never run successfully in this cache.

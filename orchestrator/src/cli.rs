@@ -1,0 +1,521 @@
+//! The command line: arguments (clap) and what each subcommand does.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use cache::{StatIndex, Store};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::exec::{self, RunOptions};
+use crate::plan::{LastRun, Planned, last_run_ref, previous_preimage, reason};
+use crate::study::{self, Study, StudyError};
+use crate::summary::{Status, Summary};
+
+/// rto runs response-tuning studies: TOML DAGs of cached, content-addressed stages.
+#[derive(Debug, Parser)]
+#[command(name = "rto", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The cache directory [default: `.rto/` beside the study]
+    #[arg(long, global = true, env = "RTO_CACHE", value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Output format of reports
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub format: Format,
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Report formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned text for people.
+    Text,
+    /// JSON with a schema version, for tools.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a study: every stage not already cached
+    Run {
+        /// The study file
+        study: PathBuf,
+        /// Run only these stages (and what they depend on)
+        #[arg(long, value_name = "STAGE", num_args = 1..)]
+        only: Vec<String>,
+        /// Run these stages even if cached
+        #[arg(long, value_name = "STAGE", num_args = 1..)]
+        force: Vec<String>,
+        /// Stages that may run at once [default: number of CPUs]
+        #[arg(long, short)]
+        jobs: Option<usize>,
+        /// After a failure, go on with the stages that do not depend on it
+        #[arg(long, short)]
+        keep_going: bool,
+        /// Show what would run, run nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// GPU ids to hand out, e.g. `0,1` [default: CUDA_VISIBLE_DEVICES, else nvidia-smi]
+        #[arg(long, value_delimiter = ',')]
+        gpus: Option<Vec<String>>,
+        /// Print every stage in the summary, cached ones too
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show each stage as cached, will run or blocked, and why
+    Plan {
+        /// The study file
+        study: PathBuf,
+    },
+    /// Explain why a stage will run: what changed since its last recorded run
+    Why {
+        /// The study file
+        study: PathBuf,
+        /// The stage id
+        stage: String,
+    },
+    /// Print where a stage's outputs are in the cache
+    Path {
+        /// The study file
+        study: PathBuf,
+        /// The stage id
+        stage: String,
+        /// Only this output
+        output: Option<String>,
+    },
+    /// Print the log of a stage's latest run
+    Log {
+        /// The study file
+        study: PathBuf,
+        /// The stage id
+        stage: String,
+    },
+    /// Re-hash every object; quarantine what is corrupt
+    Verify,
+    /// Free cache space that no study references
+    Gc {
+        /// Keep only what these studies' current stages use [default: keep the last run of every stage]
+        studies: Vec<PathBuf>,
+        /// Show what would be freed, free nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep anything younger than this, e.g. `1h`, `7days` (protects concurrent runs)
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+    },
+}
+
+/// An error that reaches `main`, classified: the class picks the exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// A bad study or argument: fix the input (exit 2).
+    Input(Box<StudyError>),
+    /// Bad usage found after parsing arguments (exit 2).
+    Usage(String),
+    /// A stage failed (exit 1).
+    Stages,
+    /// The user interrupted the run (exit 130).
+    Interrupted,
+    /// The environment or an internal error (exit 1): the message says which.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+impl From<StudyError> for Failure {
+    fn from(e: StudyError) -> Self {
+        Failure::Input(Box::new(e))
+    }
+}
+
+impl From<cache::StoreError> for Failure {
+    fn from(e: cache::StoreError) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
+/// Runs the parsed command line.
+pub fn main(cli: Cli) -> ExitCode {
+    let result = match &cli.command {
+        Command::Run { study, only, force, jobs, keep_going, dry_run, gpus, all } => {
+            let opts = (only, force, *jobs, *keep_going, *dry_run, gpus.clone(), *all);
+            run(&cli, study, opts)
+        }
+        Command::Plan { study } => plan(&cli, study),
+        Command::Why { study, stage } => why(&cli, study, stage),
+        Command::Path { study, stage, output } => path(&cli, study, stage, output.as_deref()),
+        Command::Log { study, stage } => log(&cli, study, stage),
+        Command::Verify => verify(&cli),
+        Command::Gc { studies, dry_run, grace } => gc(&cli, studies, *dry_run, *grace),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Input(e)) => {
+            eprintln!("{:?}", miette::Report::new(*e));
+            ExitCode::from(2)
+        }
+        Err(Failure::Usage(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Stages) => ExitCode::from(1),
+        Err(Failure::Interrupted) => ExitCode::from(130),
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Study, Failure> {
+    Ok(study::load_file(path)?)
+}
+
+fn store_dir(cli: &Cli, study: Option<&Study>) -> PathBuf {
+    match (&cli.cache, study) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(s)) => s.dir.join(".rto"),
+        (None, None) => PathBuf::from(".rto"),
+    }
+}
+
+fn open_store(cli: &Cli, study: Option<&Study>) -> Result<Store, Failure> {
+    let dir = store_dir(cli, study);
+    Store::open(&dir).with_context(|| format!("cannot open the cache at `{}`", dir.display())).map_err(Failure::Other)
+}
+
+fn check_ids(study: &Study, ids: &[String], flag: &str) -> Result<BTreeSet<String>, Failure> {
+    for id in ids {
+        if !study.stages.iter().any(|s| &s.id == id) {
+            return Err(Failure::Usage(format!("`{flag} {id}`: study `{}` has no stage `{id}`", study.name)));
+        }
+    }
+    Ok(ids.iter().cloned().collect())
+}
+
+fn options(study: &Study, dry_run: bool) -> RunOptions {
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    RunOptions {
+        jobs: cpus as usize,
+        keep_going: false,
+        force: BTreeSet::new(),
+        only: BTreeSet::new(),
+        dry_run,
+        gpus: None,
+        cpus,
+        memory: exec::resources::total_memory(),
+        results_dir: Some(study.dir.join("results")),
+        progress: true,
+    }
+}
+
+type RunArgs<'a> = (&'a Vec<String>, &'a Vec<String>, Option<usize>, bool, bool, Option<Vec<String>>, bool);
+
+fn run(
+    cli: &Cli,
+    path: &Path,
+    (only, force, jobs, keep_going, dry_run, gpus, all): RunArgs<'_>,
+) -> Result<(), Failure> {
+    let study = load(path)?;
+    let mut opts = options(&study, dry_run);
+    opts.only = check_ids(&study, only, "--only")?;
+    opts.force = check_ids(&study, force, "--force")?;
+    if let Some(j) = jobs {
+        if j == 0 {
+            return Err(Failure::Usage("`--jobs` must be at least 1".into()));
+        }
+        opts.jobs = j;
+    }
+    opts.keep_going = keep_going;
+    opts.gpus = gpus;
+    // Plan before opening the store, so that a bad study leaves the cache untouched (not even created).
+    let index = StatIndex::load_at(&store_dir(cli, Some(&study)));
+    let planned = Planned::new(&study, &index)?;
+    let store = open_store(cli, Some(&study))?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    install_ctrlc(cancel.clone());
+    let summary = exec::execute(&planned, &store, &opts, cancel.clone())?;
+    if !dry_run {
+        index.save(&store)?;
+    }
+    print_summary(cli, &summary, all || dry_run)?;
+    if cancel.load(Ordering::SeqCst) {
+        return Err(Failure::Interrupted);
+    }
+    if !summary.succeeded() {
+        return Err(Failure::Stages);
+    }
+    Ok(())
+}
+
+fn install_ctrlc(cancel: Arc<AtomicBool>) {
+    let _ = ctrlc::set_handler(move || {
+        if cancel.swap(true, Ordering::SeqCst) {
+            eprintln!("interrupted twice: exiting now");
+            std::process::exit(130);
+        }
+        eprintln!("interrupting: no new stages start; running ones are asked to stop (Ctrl-C again to exit now)");
+    });
+}
+
+fn print_summary(cli: &Cli, summary: &Summary, all: bool) -> Result<(), Failure> {
+    match cli.format {
+        Format::Text => print!("{}", summary.render_table(all)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(summary).context("cannot serialise")?),
+    }
+    Ok(())
+}
+
+fn plan_summary(cli: &Cli, study: &Study) -> Result<(Store, Summary), Failure> {
+    let index = StatIndex::load_at(&store_dir(cli, Some(study)));
+    let planned = Planned::new(study, &index)?;
+    let store = open_store(cli, Some(study))?;
+    let mut opts = options(study, true);
+    opts.progress = false;
+    opts.results_dir = None;
+    let summary = exec::execute(&planned, &store, &opts, Arc::new(AtomicBool::new(false)))?;
+    Ok((store, summary))
+}
+
+fn plan(cli: &Cli, path: &Path) -> Result<(), Failure> {
+    let study = load(path)?;
+    let (_, summary) = plan_summary(cli, &study)?;
+    print_summary(cli, &summary, true)
+}
+
+fn stage_index(study: &Study, id: &str) -> Result<usize, Failure> {
+    study
+        .stages
+        .iter()
+        .position(|s| s.id == id)
+        .ok_or_else(|| Failure::Usage(format!("study `{}` has no stage `{id}`", study.name)))
+}
+
+fn why(cli: &Cli, path: &Path, id: &str) -> Result<(), Failure> {
+    let study = load(path)?;
+    let i = stage_index(&study, id)?;
+    let (store, summary) = plan_summary(cli, &study)?;
+    let s = summary.stages.iter().find(|s| s.id == study.stages[i].id).expect("every stage is planned");
+    let last = store.read_ref(&last_run_ref(&study.name, id))?.and_then(|v| serde_json::from_value::<LastRun>(v).ok());
+    // Recompute the current pre-image for a field-by-field diff when its key is known.
+    let current = s.key.as_ref().and_then(|_| {
+        let index = StatIndex::load(&store);
+        let planned = Planned::new(&study, &index).ok()?;
+        let mut outputs = vec![None; study.stages.len()];
+        for (j, st) in study.stages.iter().enumerate() {
+            let sum = summary.stages.iter().find(|x| x.id == st.id)?;
+            if let Some(key) = &sum.key
+                && let Ok(key) = key.parse()
+                && let Ok(Some(record)) = store.get_action(&key)
+            {
+                outputs[j] = Some(record.outputs);
+            }
+        }
+        planned.preimage(i, &outputs).ok().flatten()
+    });
+    let old = last.as_ref().and_then(|l| previous_preimage(&store, &l.key));
+    let diffs = match (&old, &current) {
+        (Some(o), Some(c)) => reason::differences(o, c),
+        _ => vec![],
+    };
+    if cli.format == Format::Json {
+        let out = serde_json::json!({
+            "schema": crate::summary::SUMMARY_SCHEMA,
+            "stage": id,
+            "status": s.status,
+            "key": s.key,
+            "last_run": last,
+            "upstream": s.upstream,
+            "differences": diffs,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).context("cannot serialise")?);
+        return Ok(());
+    }
+    match s.status {
+        Status::Cached => {
+            println!("`{id}` is cached (key {}): nothing it depends on changed since it last ran", short(&s.key));
+        }
+        Status::Blocked => {
+            let ups = s.upstream.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ");
+            println!("`{id}` waits for {ups}, which will run; its key is known once they finish");
+            println!("(if they produce the same outputs as before, `{id}` stays cached)");
+        }
+        _ => {
+            let reason = s.reason.as_ref().map(|r| r.to_string()).unwrap_or_else(|| "unknown".into());
+            println!("`{id}` will run: {reason}");
+            if diffs.len() > 1 {
+                println!("all differences from its last run:");
+                for d in &diffs {
+                    println!("  - {d}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn short(key: &Option<String>) -> String {
+    key.as_deref().map(|k| k[..12.min(k.len())].to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn path(cli: &Cli, path: &Path, id: &str, output: Option<&str>) -> Result<(), Failure> {
+    let study = load(path)?;
+    stage_index(&study, id)?;
+    let (store, summary) = plan_summary(cli, &study)?;
+    let s = summary.stages.iter().find(|s| s.id == id).expect("every stage is planned");
+    let record = match (&s.status, &s.key) {
+        (Status::Cached, Some(key)) => store.get_action(&key.parse().context("bad key")?)?,
+        _ => None,
+    };
+    let Some(record) = record else {
+        return Err(Failure::Usage(format!(
+            "stage `{id}` has no current result ({}): run `rto run {}` first",
+            s.status.word(),
+            path.display()
+        )));
+    };
+    let mut shown = 0;
+    for (name, artifact) in &record.outputs {
+        if output.is_some_and(|o| o != name) {
+            continue;
+        }
+        let p = store.checkout(artifact)?;
+        if output.is_some() {
+            println!("{}", p.display());
+        } else {
+            println!("{name}\t{}", p.display());
+        }
+        shown += 1;
+    }
+    if shown == 0 {
+        let names = record.outputs.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+        return Err(Failure::Usage(format!(
+            "stage `{id}` has no output `{}` (outputs: {names})",
+            output.unwrap_or("")
+        )));
+    }
+    Ok(())
+}
+
+fn log(cli: &Cli, path: &Path, id: &str) -> Result<(), Failure> {
+    let study = load(path)?;
+    stage_index(&study, id)?;
+    let store = open_store(cli, Some(&study))?;
+    let mut runs: Vec<_> =
+        std::fs::read_dir(store.root().join("runs")).context("cannot list runs")?.flatten().map(|e| e.path()).collect();
+    runs.sort();
+    for run in runs.iter().rev() {
+        let log = run.join(format!("{id}.log"));
+        let study_of = std::fs::read(run.join("run.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("study").and_then(|s| s.as_str()).map(String::from));
+        if log.is_file() && study_of.as_deref() == Some(study.name.as_str()) {
+            eprintln!("log of `{id}` in run {}:", run.file_name().unwrap_or_default().to_string_lossy());
+            print!("{}", std::fs::read_to_string(&log).context("cannot read the log")?);
+            return Ok(());
+        }
+    }
+    Err(Failure::Usage(format!(
+        "stage `{id}` has not run in this cache yet (cached stages keep the log of the run that made them)"
+    )))
+}
+
+fn verify(cli: &Cli) -> Result<(), Failure> {
+    let store = open_store(cli, None)?;
+    let report = store.verify()?;
+    match cli.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).context("cannot serialise")?),
+        Format::Text => {
+            println!(
+                "checked {} objects ({}) and {} action records",
+                report.objects_checked,
+                exec::resources::human_bytes(report.bytes_checked),
+                report.actions_checked
+            );
+            for d in &report.corrupt_objects {
+                println!("corrupt object {d}: moved to quarantine/");
+            }
+            for d in &report.damaged_trees {
+                println!("damaged tree {d}: moved to quarantine/");
+            }
+            for k in &report.quarantined_actions {
+                println!(
+                    "action {} needs a missing or corrupt object: moved to quarantine/ (its stage will run again)",
+                    k.short()
+                );
+            }
+            if report.tmp_leftovers > 0 {
+                println!(
+                    "{} leftovers of interrupted runs in tmp/ (harmless; `rto gc` removes them)",
+                    report.tmp_leftovers
+                );
+            }
+            println!(
+                "{}",
+                if report.is_consistent() {
+                    "store is consistent"
+                } else {
+                    "store was inconsistent: repaired by quarantine"
+                }
+            );
+        }
+    }
+    if report.is_consistent() { Ok(()) } else { Err(Failure::Stages) }
+}
+
+fn gc(cli: &Cli, studies: &[PathBuf], dry_run: bool, grace: std::time::Duration) -> Result<(), Failure> {
+    let mut roots = BTreeSet::new();
+    let store = if studies.is_empty() {
+        let store = open_store(cli, None)?;
+        for (name, value) in store.list_refs()? {
+            if name.starts_with("last/")
+                && let Ok(last) = serde_json::from_value::<LastRun>(value)
+            {
+                roots.insert(last.key);
+            }
+        }
+        store
+    } else {
+        let mut store = None;
+        for path in studies {
+            let study = load(path)?;
+            let (s, summary) = plan_summary(cli, &study)?;
+            for st in &summary.stages {
+                if let Some(key) = &st.key {
+                    roots.insert(key.parse().context("bad key")?);
+                }
+            }
+            store = Some(s);
+        }
+        store.expect("at least one study")
+    };
+    let report = store.gc(&roots, grace, dry_run)?;
+    match cli.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).context("cannot serialise")?),
+        Format::Text => println!(
+            "{} {} action records and {} objects ({}); kept {} objects{}",
+            if dry_run { "would remove" } else { "removed" },
+            report.actions_removed,
+            report.objects_removed,
+            exec::resources::human_bytes(report.bytes_freed),
+            report.objects_kept,
+            if report.scratch_removed > 0 {
+                format!("; {} scratch directories", report.scratch_removed)
+            } else {
+                String::new()
+            }
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,387 @@
+//! The local executor: runs a planned study's stages in dependency order, in parallel within `--jobs` and the
+//! machine's resources, with the cache answering first.
+//!
+//! The main thread owns all scheduling state. It walks the stages in topological order; a stage whose upstream
+//! stages are all done gets its key computed, and the cache is asked first: a record means the stage is done
+//! without starting anything (so a no-op run starts no thread and loads no back-end). Otherwise the stage is
+//! queued; queued stages start, in topological order, on worker threads as soon as a job slot and their
+//! resources are free. Workers report progress and completion over a channel.
+//!
+//! A failed stage marks its dependants skipped. Without `--keep-going` no new stage starts after a failure
+//! (running ones finish); with it, independent stages go on. The first Ctrl-C stops starting stages and asks
+//! running ones to cancel; a second one exits at once (the store stays consistent: see the `cache` crate).
+
+pub mod resources;
+pub mod results;
+pub mod stage;
+mod ui;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+use cache::{ActionKey, Artifact, Store};
+
+use crate::plan::key::ActionPreimage;
+use crate::plan::reason::StaleReason;
+use crate::plan::{LastRun, Planned, all_outputs_tree, last_run_ref, stale_reason};
+use crate::study::InputSource;
+use crate::summary::{SUMMARY_SCHEMA, StageSummary, Status, Summary};
+use resources::Pool;
+use stage::{Event, Job, JobInput, Outcome};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stages that may run at once.
+    pub jobs: usize,
+    /// After a failure, go on with stages that do not depend on it.
+    pub keep_going: bool,
+    /// Stage ids to run even if cached.
+    pub force: BTreeSet<String>,
+    /// If not empty: only these stages and what they depend on.
+    pub only: BTreeSet<String>,
+    /// Plan only: decide, run nothing, write nothing.
+    pub dry_run: bool,
+    /// GPU device ids to hand out; `None` to detect.
+    pub gpus: Option<Vec<String>>,
+    /// CPU cores to hand out.
+    pub cpus: u32,
+    /// Memory bytes to hand out (0 = not tracked).
+    pub memory: u64,
+    /// Where to make `results/<study>/<stage>/` links; `None` for none.
+    pub results_dir: Option<std::path::PathBuf>,
+    /// Show progress bars and per-stage lines on stderr.
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    /// Not yet decided (an upstream stage is not done).
+    Pending,
+    /// Key known, not cached: waits for a slot.
+    Queued,
+    /// On a worker thread.
+    Running,
+    /// Outputs known (cached or ran).
+    Done,
+    /// Plan only: would run.
+    WouldRun,
+    /// Failed, skipped or interrupted.
+    Dead,
+    /// Not selected by `--only`.
+    Excluded,
+}
+
+/// Runs (or, with `dry_run`, plans) the study against the store and returns the summary.
+pub fn execute(
+    planned: &Planned<'_>,
+    store: &Store,
+    opts: &RunOptions,
+    cancel: Arc<AtomicBool>,
+) -> anyhow::Result<Summary> {
+    let study = planned.study;
+    let n = study.stages.len();
+    let dag = &planned.dag;
+    let mut state = vec![State::Pending; n];
+    if !opts.only.is_empty() {
+        let mut keep = vec![false; n];
+        let mut stack: Vec<usize> = opts.only.iter().map(|id| planned.index_of(id)).collect();
+        while let Some(i) = stack.pop() {
+            if !std::mem::replace(&mut keep[i], true) {
+                stack.extend(&dag.upstream[i]);
+            }
+        }
+        for i in 0..n {
+            if !keep[i] {
+                state[i] = State::Excluded;
+            }
+        }
+    }
+    let mut outputs: Vec<Option<BTreeMap<String, Artifact>>> = vec![None; n];
+    let mut keys: Vec<Option<(ActionKey, ActionPreimage)>> = vec![None; n];
+    let mut summaries: Vec<Option<StageSummary>> = vec![None; n];
+    let mut was_blocked = vec![false; n];
+    let run = if opts.dry_run { None } else { Some(store.create_run()?) };
+    if let Some(run) = &run {
+        let head = serde_json::json!({ "schema": SUMMARY_SCHEMA, "study": study.name, "run": run.id, "dry_run": false, "stages": [] });
+        std::fs::write(run.path.join("run.json"), serde_json::to_vec_pretty(&head)?)?;
+    }
+    let needs_gpus = study.stages.iter().any(|s| s.resources.gpus > 0);
+    let gpus = opts.gpus.clone().unwrap_or_else(|| if needs_gpus { resources::detect_gpus() } else { Vec::new() });
+    let mut pool = Pool::new(gpus, opts.cpus, opts.memory);
+    let mut reservations: BTreeMap<usize, resources::Reservation> = BTreeMap::new();
+    let (tx, rx) = mpsc::channel::<Event>();
+    let mut ui = ui::Ui::new(opts.progress && !opts.dry_run);
+    let mut running = 0usize;
+    let mut stopping = false;
+    let mut queue: Vec<usize> = Vec::new();
+
+    let summary_of = |i: usize, status: Status| StageSummary {
+        id: study.stages[i].id.clone(),
+        uses: study.stages[i].uses.to_string(),
+        status,
+        key: None,
+        reason: None,
+        upstream: vec![],
+        inputs: BTreeMap::new(),
+        duration_ms: None,
+        error: None,
+        log: None,
+    };
+
+    loop {
+        // Settle: decide every stage whose upstream stages are decided.
+        for &i in &dag.order {
+            if !matches!(state[i], State::Pending) {
+                continue;
+            }
+            let ups = &dag.upstream[i];
+            let dead: Vec<String> =
+                ups.iter().filter(|&&u| matches!(state[u], State::Dead)).map(|&u| study.stages[u].id.clone()).collect();
+            if !dead.is_empty() {
+                state[i] = State::Dead;
+                summaries[i] = Some(StageSummary { upstream: dead, ..summary_of(i, Status::Skipped) });
+                continue;
+            }
+            let would: Vec<String> = ups
+                .iter()
+                .filter(|&&u| matches!(state[u], State::WouldRun))
+                .map(|&u| study.stages[u].id.clone())
+                .collect();
+            if !would.is_empty() {
+                // Plan only: the key depends on outputs that do not exist yet.
+                state[i] = State::WouldRun;
+                summaries[i] = Some(StageSummary { upstream: would, ..summary_of(i, Status::Blocked) });
+                continue;
+            }
+            if !ups.iter().all(|&u| matches!(state[u], State::Done)) {
+                was_blocked[i] = true;
+                continue;
+            }
+            let preimage = match planned.preimage(i, &outputs) {
+                Ok(Some(p)) => p,
+                Ok(None) => unreachable!("all upstream stages are done"),
+                Err(missing) => {
+                    state[i] = State::Dead;
+                    let error = crate::render::one_line(&missing.error);
+                    ui.line(&format!("FAILED `{}`: {error}", study.stages[i].id));
+                    summaries[i] = Some(StageSummary { error: Some(error), ..summary_of(i, Status::Failed) });
+                    stopping |= !opts.keep_going;
+                    continue;
+                }
+            };
+            let key = preimage.key();
+            let forced = opts.force.contains(&study.stages[i].id);
+            let record = if forced { None } else { store.get_action(&key)? };
+            let base = StageSummary {
+                key: Some(key.to_hex()),
+                inputs: preimage.inputs.iter().map(|(k, v)| (k.clone(), v.digest.to_hex())).collect(),
+                ..summary_of(i, Status::Cached)
+            };
+            match record {
+                Some(record) => {
+                    let status = if was_blocked[i] { Status::CutOff } else { Status::Cached };
+                    if !opts.dry_run {
+                        finish(store, planned, i, &key, run.as_ref().map(|r| r.id.as_str()), &record.outputs, opts)?;
+                    }
+                    outputs[i] = Some(record.outputs);
+                    state[i] = State::Done;
+                    summaries[i] = Some(StageSummary { status, ..base });
+                }
+                None => {
+                    let reason = if forced {
+                        StaleReason::Forced
+                    } else {
+                        stale_reason(store, &study.name, &study.stages[i].id, &preimage)
+                    };
+                    if opts.dry_run {
+                        state[i] = State::WouldRun;
+                        summaries[i] = Some(StageSummary {
+                            reason: Some(reason),
+                            ..StageSummary { status: Status::WillRun, ..base }
+                        });
+                    } else {
+                        state[i] = State::Queued;
+                        queue.push(i);
+                        summaries[i] =
+                            Some(StageSummary { reason: Some(reason), ..StageSummary { status: Status::Ran, ..base } });
+                        keys[i] = Some((key, preimage));
+                    }
+                }
+            }
+        }
+        if cancel.load(Ordering::SeqCst) {
+            stopping = true;
+        }
+
+        // Start what fits, in topological order.
+        queue.sort_by_key(|&i| dag.order.iter().position(|&o| o == i));
+        let mut still = Vec::new();
+        for i in std::mem::take(&mut queue) {
+            if stopping {
+                state[i] = State::Dead;
+                let s = summaries[i].take().expect("queued stages have a summary");
+                summaries[i] = Some(StageSummary { status: Status::Skipped, ..s });
+                continue;
+            }
+            let stage = &study.stages[i];
+            if let Some(why) = pool.never_fits(&stage.resources) {
+                state[i] = State::Dead;
+                let s = summaries[i].take().expect("queued stages have a summary");
+                ui.line(&format!("FAILED `{}`: {why}", stage.id));
+                summaries[i] = Some(StageSummary { status: Status::Failed, error: Some(why), ..s });
+                stopping |= !opts.keep_going;
+                continue;
+            }
+            if running >= opts.jobs.max(1) {
+                still.push(i);
+                continue;
+            }
+            let Some(reservation) = pool.try_reserve(&stage.resources) else {
+                still.push(i);
+                continue;
+            };
+            let (key, preimage) = keys[i].take().expect("queued stages have a key");
+            let mut inputs = BTreeMap::new();
+            for (name, input) in &stage.inputs {
+                let ji = match &input.source {
+                    InputSource::Path(p) => JobInput::Path(p.clone()),
+                    InputSource::Stage { stage: up, output } => {
+                        let outs = outputs[planned.index_of(up)].as_ref().expect("upstream is done");
+                        match output {
+                            Some(o) => JobInput::Artifact(outs[o], None),
+                            None => {
+                                let (tree, artifact) = all_outputs_tree(outs);
+                                JobInput::Artifact(artifact, Some(tree))
+                            }
+                        }
+                    }
+                };
+                inputs.insert(name.clone(), ji);
+            }
+            let job = Job {
+                index: i,
+                id: stage.id.clone(),
+                backend: planned.backends[i],
+                params: stage.params.clone(),
+                inputs,
+                preimage,
+                key,
+                gpus: reservation.gpus.clone(),
+                store: store.clone(),
+                run: run.clone().expect("not a dry run"),
+                cancelled: cancel.clone(),
+                forced: opts.force.contains(&stage.id),
+            };
+            reservations.insert(i, reservation);
+            state[i] = State::Running;
+            running += 1;
+            ui.start(i, &stage.id, &stage.uses.to_string());
+            let tx = tx.clone();
+            std::thread::Builder::new().name(format!("stage-{}", stage.id)).spawn(move || stage::run(job, tx))?;
+        }
+        queue = still;
+
+        if running == 0 {
+            if queue.is_empty() {
+                break;
+            }
+            if stopping {
+                continue;
+            }
+            // Nothing runs and nothing fits: cannot happen, since `never_fits` stages were failed above.
+            anyhow::bail!("internal error: queued stages cannot start on an idle machine");
+        }
+
+        // Wait for news from the workers.
+        let event = match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(e) => e,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("internal error: workers vanished"),
+        };
+        match event {
+            Event::Progress(i, done, total) => ui.progress(i, done, total),
+            Event::Waiting(i, holder) => {
+                ui.line(&format!("waiting for `{}`: its key is locked by {holder}", study.stages[i].id))
+            }
+            Event::Finished(i, outcome) => {
+                running -= 1;
+                if let Some(r) = reservations.remove(&i) {
+                    pool.release(r);
+                }
+                let s = summaries[i].take().expect("running stages have a summary");
+                let log = run.as_ref().map(|r| r.stage_log(&study.stages[i].id)).filter(|p| p.exists());
+                match *outcome {
+                    Outcome::Ran(record, _) | Outcome::FoundDone(record) => {
+                        // Found done: another process ran the same key while this one waited for its lock.
+                        let ran_here = run.as_ref().is_some_and(|r| r.id == record.provenance.run);
+                        let (status, duration) = if ran_here {
+                            (Status::Ran, Some(record.provenance.duration_ms))
+                        } else {
+                            (Status::Cached, None)
+                        };
+                        finish(
+                            store,
+                            planned,
+                            i,
+                            &record.key,
+                            run.as_ref().map(|r| r.id.as_str()),
+                            &record.outputs,
+                            opts,
+                        )?;
+                        ui.finish(i, &study.stages[i].id, status, duration);
+                        outputs[i] = Some(record.outputs);
+                        state[i] = State::Done;
+                        summaries[i] = Some(StageSummary { status, duration_ms: duration, log, ..s });
+                    }
+                    Outcome::Failed { error, log_tail, duration_ms, interrupted } => {
+                        let status = if interrupted { Status::Interrupted } else { Status::Failed };
+                        ui.fail(i, &study.stages[i].id, &error, &log_tail, log.as_deref());
+                        state[i] = State::Dead;
+                        stopping |= !opts.keep_going || interrupted;
+                        summaries[i] =
+                            Some(StageSummary { status, duration_ms: Some(duration_ms), error: Some(error), log, ..s });
+                    }
+                }
+            }
+        }
+    }
+    ui.clear();
+    let summary = Summary {
+        schema: SUMMARY_SCHEMA,
+        study: study.name.clone(),
+        run: run.as_ref().map(|r| r.id.clone()),
+        dry_run: opts.dry_run,
+        stages: dag.order.iter().filter_map(|&i| summaries[i].clone()).collect(),
+    };
+    if let Some(run) = &run {
+        std::fs::write(run.path.join("run.json"), serde_json::to_vec_pretty(&summary)?)?;
+    }
+    Ok(summary)
+}
+
+/// Bookkeeping for a stage that is done: remember its key as the stage's last run, link its results.
+fn finish(
+    store: &Store,
+    planned: &Planned<'_>,
+    i: usize,
+    key: &ActionKey,
+    run: Option<&str>,
+    outputs: &BTreeMap<String, Artifact>,
+    opts: &RunOptions,
+) -> anyhow::Result<()> {
+    let study = planned.study;
+    let id = &study.stages[i].id;
+    let name = last_run_ref(&study.name, id);
+    let current = store.read_ref(&name).ok().flatten().and_then(|v| serde_json::from_value::<LastRun>(v).ok());
+    if current.as_ref().map(|c| c.key) != Some(*key) {
+        let last = LastRun { key: *key, run: run.unwrap_or_default().to_string() };
+        store.write_ref(&name, &serde_json::to_value(&last)?)?;
+    }
+    if let Some(dir) = &opts.results_dir {
+        results::link(store, &dir.join(&study.name).join(id), outputs)?;
+    }
+    Ok(())
+}

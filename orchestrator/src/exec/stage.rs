@@ -1,0 +1,206 @@
+//! Running one stage on a worker thread: lock, re-check, run the back-end in a scratch directory, store its
+//! outputs, write the record.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context;
+use cache::{ActionKey, ActionRecord, Artifact, Provenance, RECORD_SCHEMA, RunDir, Store, Tree};
+
+use crate::backend::Backend;
+use crate::builtin::StageContext;
+use crate::plan::key::ActionPreimage;
+
+/// Everything a worker thread needs to run one stage.
+pub struct Job {
+    /// Stage index in the study.
+    pub index: usize,
+    /// Stage id.
+    pub id: String,
+    /// Its back-end.
+    pub backend: Backend,
+    /// Canonical params.
+    pub params: serde_json::Value,
+    /// Input name → where its content is: a file of the study, or an artifact in the store.
+    pub inputs: BTreeMap<String, JobInput>,
+    /// The stage's pre-image and key.
+    pub preimage: ActionPreimage,
+    /// Its key.
+    pub key: ActionKey,
+    /// GPUs reserved for it.
+    pub gpus: Vec<String>,
+    /// The store.
+    pub store: Store,
+    /// The run's directory (for the stage log).
+    pub run: RunDir,
+    /// Set on Ctrl-C.
+    pub cancelled: Arc<AtomicBool>,
+    /// Re-run even if another process recorded the key meanwhile.
+    pub forced: bool,
+}
+
+/// Where an input's content is.
+pub enum JobInput {
+    /// A file or directory of the study, by absolute path.
+    Path(PathBuf),
+    /// An artifact in the store; a tree built from a stage's outputs is stored before use.
+    Artifact(Artifact, Option<Tree>),
+}
+
+/// What a worker thread reports.
+pub enum Event {
+    /// The stage reported progress.
+    Progress(usize, u64, u64),
+    /// The stage waits for another process that holds its key's lock.
+    Waiting(usize, String),
+    /// The stage finished (or was found done by another process).
+    Finished(usize, Box<Outcome>),
+}
+
+/// How a job ended.
+pub enum Outcome {
+    /// It ran and its record is written.
+    Ran(ActionRecord, u64),
+    /// Another process recorded the same key while this one waited for the lock.
+    FoundDone(ActionRecord),
+    /// It failed; the error and the tail of its log.
+    Failed { error: String, log_tail: String, duration_ms: u64, interrupted: bool },
+}
+
+/// Runs the job to completion and reports through `events`.
+pub fn run(job: Job, events: Sender<Event>) {
+    let index = job.index;
+    let started = Instant::now();
+    let outcome = match execute(&job, &events, started) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let log = job.run.stage_log(&job.id);
+            Outcome::Failed {
+                error: format!("{e:#}"),
+                log_tail: tail(&log, 20),
+                duration_ms: started.elapsed().as_millis() as u64,
+                interrupted: job.cancelled.load(Ordering::SeqCst),
+            }
+        }
+    };
+    let _ = events.send(Event::Finished(index, Box::new(outcome)));
+}
+
+fn execute(job: &Job, events: &Sender<Event>, started: Instant) -> anyhow::Result<Outcome> {
+    let store = &job.store;
+    let index = job.index;
+    let _lock = store
+        .lock(&job.key, |holder| {
+            let _ = events.send(Event::Waiting(index, holder.to_string()));
+        })
+        .context("cannot take the stage's lock")?;
+    if !job.forced
+        && let Some(record) = store.get_action(&job.key)?
+    {
+        return Ok(Outcome::FoundDone(record));
+    }
+    let start_wall = SystemTime::now();
+    let log_path = job.run.stage_log(&job.id);
+    let mut log =
+        std::fs::File::create(&log_path).with_context(|| format!("cannot create `{}`", log_path.display()))?;
+    writeln!(log, "# stage `{}` key {} ({})", job.id, job.key, job.backend.label())?;
+
+    let scratch = store.scratch_dir(&job.id)?;
+    let out_dir = scratch.path().join("out");
+    let work_dir = scratch.path().join("scratch");
+    std::fs::create_dir(&out_dir)?;
+    std::fs::create_dir(&work_dir)?;
+    let mut inputs = BTreeMap::new();
+    for (name, input) in &job.inputs {
+        let path = match input {
+            JobInput::Path(p) => p.clone(),
+            JobInput::Artifact(a, tree) => {
+                if let Some(tree) = tree {
+                    store.put_tree(tree)?;
+                }
+                store.checkout(a).with_context(|| format!("cannot check out input `{name}`"))?
+            }
+        };
+        writeln!(log, "# input {name} = {}", path.display())?;
+        inputs.insert(name.clone(), path);
+    }
+
+    let Backend::Builtin(builtin) = job.backend;
+    let progress = |done: u64, total: u64| {
+        let _ = events.send(Event::Progress(index, done, total));
+    };
+    let cancelled = || job.cancelled.load(Ordering::SeqCst);
+    if !job.gpus.is_empty() {
+        writeln!(log, "# CUDA_VISIBLE_DEVICES={}", job.gpus.join(","))?;
+    }
+    let result = {
+        let mut ctx = StageContext {
+            stage_id: &job.id,
+            params: &job.params,
+            inputs: &inputs,
+            out_dir: &out_dir,
+            scratch_dir: &work_dir,
+            log: &mut log,
+            progress: &progress,
+            cancelled: &cancelled,
+        };
+        std::panic::catch_unwind(AssertUnwindSafe(|| builtin.run(&mut ctx))).unwrap_or_else(|panic| {
+            Err(anyhow::anyhow!("built-in `{}` panicked: {}", builtin.name(), panic_text(&panic)))
+        })
+    };
+    if let Err(e) = result {
+        let _ = writeln!(log, "# failed: {e:#}");
+        return Err(e);
+    }
+
+    let mut outputs = BTreeMap::new();
+    let mut entries: Vec<_> = std::fs::read_dir(&out_dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().into_string().map_err(|n| anyhow::anyhow!("output name {n:?} is not UTF-8"))?;
+        let artifact = store.ingest(&entry.path())?;
+        writeln!(log, "# output {name} = {:?} {} ({} bytes)", artifact.kind, artifact.digest, artifact.size)?;
+        outputs.insert(name, artifact);
+    }
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let record = ActionRecord {
+        schema: RECORD_SCHEMA,
+        key: job.key,
+        preimage: job.preimage.to_json(),
+        outputs,
+        provenance: Provenance {
+            backend: job.backend.label(),
+            host: cache::host_name(),
+            pid: std::process::id(),
+            run: job.run.id.clone(),
+            start: humantime::format_rfc3339_millis(start_wall).to_string(),
+            end: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            duration_ms,
+            exit_status: 0,
+        },
+    };
+    store.put_action(&record)?;
+    writeln!(log, "# done in {duration_ms} ms")?;
+    Ok(Outcome::Ran(record, duration_ms))
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The last `n` lines of a file (empty if unreadable).
+pub fn tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
