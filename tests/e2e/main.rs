@@ -1,1 +1,8 @@
-//! End-to-end tests of the `rto` binary.
+//! End-to-end tests of the real `rto` binary on temporary directories: one test binary, one module per area.
+
+mod concurrency;
+mod crash;
+mod errors;
+mod incremental;
+mod maintenance;
+mod support;

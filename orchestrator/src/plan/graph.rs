@@ -78,8 +78,10 @@ fn cycle_error(study: &Study, graph: &DiGraph<usize, ()>, upstream: &[Vec<usize>
         path.push(next);
         cur = next;
     }
-    // `path` follows "reads from"; print it in the direction data flows.
+    // `path` follows "reads from"; print it in the direction data flows, starting at the first stage in file order.
     path.reverse();
+    let first_pos = path.iter().enumerate().min_by_key(|(_, i)| **i).map(|(p, _)| p).unwrap_or(0);
+    path.rotate_left(first_pos);
     let names: Vec<&str> = path.iter().map(|&i| study.stages[i].id.as_str()).collect();
     let shown = format!("{} → {}", names.join(" → "), names[0]);
     let first = &study.stages[path[0]];

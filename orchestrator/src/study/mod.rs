@@ -293,10 +293,7 @@ fn expand_stage(
             None => serde_json::Value::Object(Default::default()),
             Some(p) => to_canonical(&toml::Value::Table(p.get_ref().clone()), &vars).map_err(|e| {
                 let (path, message) = match e {
-                    CanonicalError::UnknownVar { path, name } => {
-                        let known = vars.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
-                        (path, format!("unknown variable `{name}` (known here: {known})"))
-                    }
+                    CanonicalError::UnknownVar { path, name } => (path, unknown_var_message(&name, &vars)),
                     CanonicalError::NonFinite { path } => (path, "NaN and infinite numbers cannot be params".into()),
                 };
                 let span = locate_param(source, table, &path).unwrap_or(p.span());
@@ -348,6 +345,15 @@ fn expand_stage(
         });
     }
     Ok(())
+}
+
+fn unknown_var_message(name: &str, vars: &BTreeMap<String, String>) -> String {
+    if vars.is_empty() {
+        format!("unknown variable `{name}` (no variables are defined here)")
+    } else {
+        let known = vars.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+        format!("unknown variable `{name}` (known here: {known})")
+    }
 }
 
 fn unknown_var(source: &Source, span: Range<usize>, name: &str, vars: &BTreeMap<String, String>) -> StudyError {
