@@ -13,7 +13,7 @@ fn a_second_run_of_an_unchanged_study_runs_nothing() {
     assert_eq!(first.with_status("ran"), strings(&["a", "b", "c", "d", "solo"]));
     assert_eq!(p.take_runs(), strings(&["a", "b", "c", "d", "solo"]));
     let n = p.read("results/chain/b/n.txt");
-    assert_eq!(n.trim(), "16", "`a` wrote 16 bytes");
+    assert_eq!(n.trim(), "13", "`a` wrote `seed\\n` and `value=1\\n`");
     assert_eq!(p.read("results/chain/d/sum.txt"), format!("{n}{n}"));
 
     let second = p.run(&[]);
