@@ -11,7 +11,7 @@ use cache::{StatIndex, Store};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::exec::{self, RunOptions};
-use crate::plan::{LastRun, Planned, last_run_ref, previous_preimage, reason};
+use crate::plan::{LastRun, Planned, Remotes, last_run_ref, previous_preimage, reason};
 use crate::study::{self, Study, StudyError};
 use crate::summary::{Status, Summary};
 
@@ -239,8 +239,11 @@ fn run(
     opts.keep_going = keep_going;
     opts.gpus = gpus;
     // Plan before opening the store, so that a bad study leaves the cache untouched (not even created).
-    let index = StatIndex::load_at(&store_dir(cli, Some(&study)));
-    let planned = Planned::new(&study, &index)?;
+    let dir = store_dir(cli, Some(&study));
+    let index = StatIndex::load_at(&dir);
+    let downloads = dir.join("downloads");
+    let remotes = if dry_run { Remotes::CachedOnly(&downloads) } else { Remotes::Fetch(&downloads) };
+    let planned = Planned::new(&study, &index, remotes)?;
     let store = open_store(cli, Some(&study))?;
     let cancel = Arc::new(AtomicBool::new(false));
     install_ctrlc(cancel.clone());
@@ -277,8 +280,10 @@ fn print_summary(cli: &Cli, summary: &Summary, all: bool) -> Result<(), Failure>
 }
 
 fn plan_summary(cli: &Cli, study: &Study) -> Result<(Store, Summary), Failure> {
-    let index = StatIndex::load_at(&store_dir(cli, Some(study)));
-    let planned = Planned::new(study, &index)?;
+    let dir = store_dir(cli, Some(study));
+    let index = StatIndex::load_at(&dir);
+    let downloads = dir.join("downloads");
+    let planned = Planned::new(study, &index, Remotes::CachedOnly(&downloads))?;
     let store = open_store(cli, Some(study))?;
     let mut opts = options(study, true);
     opts.progress = false;
@@ -310,7 +315,8 @@ fn why(cli: &Cli, path: &Path, id: &str) -> Result<(), Failure> {
     // Recompute the current pre-image for a field-by-field diff when its key is known.
     let current = s.key.as_ref().and_then(|_| {
         let index = StatIndex::load(&store);
-        let planned = Planned::new(&study, &index).ok()?;
+        let downloads = store.root().join("downloads");
+        let planned = Planned::new(&study, &index, Remotes::CachedOnly(&downloads)).ok()?;
         let mut outputs = vec![None; study.stages.len()];
         for (j, st) in study.stages.iter().enumerate() {
             let sum = summary.stages.iter().find(|x| x.id == st.id)?;

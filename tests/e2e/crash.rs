@@ -20,7 +20,12 @@ params = { cmd = "wc -c < \"$RTO_INPUT_B\" > n.txt", outputs = ["n.txt"] }
 #[test]
 fn kill_9_during_a_stage_leaves_a_consistent_store_and_the_next_run_completes() {
     let p = Project::new(BIG, &[]);
-    let mut child = p.command(&["run", "study.toml"]).spawn().unwrap();
+    let mut child = p
+        .command(&["run", "study.toml"])
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     // Kill once the stage is writing its output.
     while !p.path("runs.log").exists() {

@@ -176,3 +176,27 @@ fn a_missing_study_file_is_an_error_not_a_panic() {
     assert!(out.stderr.contains("cannot read study `nope.toml`"), "{}", out.stderr);
     assert!(!p.path(".rto").exists(), "no cache is created for a study that does not load");
 }
+
+#[test]
+fn a_file_named_like_a_stage_output_is_ambiguous() {
+    let study = "[[stage]]\nid = \"data\"\nuses = \"command\"\nparams = { cmd = \"echo > jsonl\", outputs = [\"jsonl\"] }\n[[stage]]\nid = \"b\"\nuses = \"command\"\ninputs = { x = \"data.jsonl\" }\nparams = { cmd = \"true\" }\n";
+    let p = Project::new(study, &[("data.jsonl", "{}\n")]);
+    let out = p.rto(&["run", "study.toml"]).expect_code(2);
+    assert!(
+        out.stderr.contains("input `data.jsonl` is both a file and output `jsonl` of stage `data`"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("write `./data.jsonl` for the file"), "{}", out.stderr);
+    p.edit_study("\"data.jsonl\"", "\"./data.jsonl\"");
+    p.rto(&["run", "study.toml"]).expect_code(0);
+}
+
+#[test]
+fn a_url_input_needs_a_sha256_pin() {
+    check(
+        &format!("{STAGE}inputs = {{ x = \"https://example.org/data.jsonl\" }}\nparams = {{ cmd = \"true\" }}\n"),
+        "4:16",
+        "sha256",
+    );
+}

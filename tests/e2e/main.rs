@@ -5,4 +5,5 @@ mod crash;
 mod errors;
 mod incremental;
 mod maintenance;
+mod remote;
 mod support;

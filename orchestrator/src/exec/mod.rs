@@ -162,7 +162,16 @@ pub fn execute(
             }
             let preimage = match planned.preimage(i, &outputs) {
                 Ok(Some(p)) => p,
-                Ok(None) => unreachable!("all upstream stages are done"),
+                Ok(None) => {
+                    // Only a remote input that planning did not download leaves the key unknown here.
+                    let name = planned
+                        .unfetched(i)
+                        .ok_or_else(|| anyhow::anyhow!("internal error: no key for `{}`", study.stages[i].id))?;
+                    state[i] = State::WouldRun;
+                    let reason = StaleReason::InputNotFetched { name };
+                    summaries[i] = Some(StageSummary { reason: Some(reason), ..summary_of(i, Status::WillRun) });
+                    continue;
+                }
                 Err(missing) => {
                     state[i] = State::Dead;
                     let error = crate::render::one_line(&missing.error);
@@ -247,7 +256,9 @@ pub fn execute(
             let mut inputs = BTreeMap::new();
             for (name, input) in &stage.inputs {
                 let ji = match &input.source {
-                    InputSource::Path(p) => JobInput::Path(p.clone()),
+                    InputSource::Path(_) | InputSource::Remote(_) => {
+                        JobInput::Path(planned.local_path(&input.source).expect("fetched before running"))
+                    }
                     InputSource::Stage { stage: up, output } => {
                         let outs = outputs[planned.index_of(up)].as_ref().expect("upstream is done");
                         match output {

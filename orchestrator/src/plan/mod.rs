@@ -11,12 +11,13 @@ pub mod key;
 pub mod reason;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cache::{ActionKey, ActionRecord, Artifact, StatIndex, Store, Tree, TreeEntry};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
+use crate::remote::Remote;
 use crate::study::{InputSource, Study, StudyError};
 use graph::Dag;
 use key::{ActionPreimage, InputDigest, KEY_SCHEMA};
@@ -31,6 +32,17 @@ pub struct Planned<'s> {
     /// Per stage, its back-end.
     pub backends: Vec<Backend>,
     files: HashMap<PathBuf, Artifact>,
+    remotes: HashMap<Remote, Option<PathBuf>>,
+}
+
+/// What planning does with remote inputs (`hf://…`, pinned URLs).
+#[derive(Debug, Clone, Copy)]
+pub enum Remotes<'a> {
+    /// Download what is missing into this `downloads/` directory (a run).
+    Fetch(&'a Path),
+    /// Use only what is already downloaded there (a plan: planning never touches the network); stages whose
+    /// remote inputs are missing will run, with a key known only after the download.
+    CachedOnly(&'a Path),
 }
 
 /// The last successful run of a stage id, kept as a ref in the cache: what `rto why` compares against.
@@ -54,13 +66,38 @@ pub struct MissingOutput {
 impl<'s> Planned<'s> {
     /// Builds the DAG, resolves back-ends (validating params) and hashes file inputs. Touches the cache only
     /// to read and extend the stat index.
-    pub fn new(study: &'s Study, index: &StatIndex) -> Result<Planned<'s>, StudyError> {
+    pub fn new(study: &'s Study, index: &StatIndex, remotes: Remotes<'_>) -> Result<Planned<'s>, StudyError> {
         let dag = graph::build(study)?;
         let backends = study.stages.iter().map(|s| Backend::resolve(study, s)).collect::<Result<Vec<_>, _>>()?;
         let mut files = HashMap::new();
+        let mut fetched: HashMap<Remote, Option<PathBuf>> = HashMap::new();
         for stage in &study.stages {
             for input in stage.inputs.values() {
-                if let InputSource::Path(p) = &input.source
+                let InputSource::Remote(remote) = &input.source else { continue };
+                if fetched.contains_key(remote) {
+                    continue;
+                }
+                let local = match remotes {
+                    Remotes::CachedOnly(downloads) => crate::remote::fetched(remote, downloads),
+                    Remotes::Fetch(downloads) => {
+                        let mut log = |line: &str| eprintln!("{:>12} {line}", "Fetching");
+                        let path = crate::remote::fetch(remote, downloads, &mut log).map_err(|e| {
+                            StudyError::at(&study.source, input.span.clone(), format!("{e:#}"), "this input")
+                        })?;
+                        Some(path)
+                    }
+                };
+                fetched.insert(remote.clone(), local);
+            }
+        }
+        for stage in &study.stages {
+            for input in stage.inputs.values() {
+                let path = match &input.source {
+                    InputSource::Path(p) => Some(p),
+                    InputSource::Remote(r) => fetched[r].as_ref(),
+                    InputSource::Stage { .. } => None,
+                };
+                if let Some(p) = path
                     && !files.contains_key(p)
                 {
                     let artifact = index.artifact_of(p).map_err(|e| {
@@ -75,7 +112,7 @@ impl<'s> Planned<'s> {
                 }
             }
         }
-        Ok(Planned { study, dag, backends, files })
+        Ok(Planned { study, dag, backends, files, remotes: fetched })
     }
 
     /// The pre-image of stage `i`, given the outputs of the stages finished so far; `Ok(None)` while an
@@ -118,6 +155,7 @@ impl<'s> Planned<'s> {
     ) -> Result<Option<Artifact>, String> {
         match source {
             InputSource::Path(p) => Ok(Some(self.files[p])),
+            InputSource::Remote(r) => Ok(self.remotes[r].as_ref().map(|p| self.files[p])),
             InputSource::Stage { stage, output } => {
                 let j = self.index_of(stage);
                 let Some(outs) = &outputs[j] else { return Ok(None) };
@@ -133,6 +171,24 @@ impl<'s> Planned<'s> {
                 }
             }
         }
+    }
+
+    /// The local path of a path or remote input (`None` for stage outputs and remote inputs not fetched).
+    pub fn local_path(&self, source: &InputSource) -> Option<PathBuf> {
+        match source {
+            InputSource::Path(p) => Some(p.clone()),
+            InputSource::Remote(r) => self.remotes[r].clone(),
+            InputSource::Stage { .. } => None,
+        }
+    }
+
+    /// The name of the first remote input of stage `i` that is not downloaded yet.
+    pub fn unfetched(&self, i: usize) -> Option<String> {
+        self.study.stages[i]
+            .inputs
+            .iter()
+            .find(|(_, input)| matches!(&input.source, InputSource::Remote(r) if self.remotes[r].is_none()))
+            .map(|(name, _)| name.clone())
     }
 
     /// The index of the stage with `id`.

@@ -75,6 +75,11 @@ pub enum StaleReason {
         /// Current value.
         new: Option<String>,
     },
+    /// A remote input is not downloaded yet, so the key is not known (plan only; `rto run` downloads it).
+    InputNotFetched {
+        /// Input name.
+        name: String,
+    },
     /// The pre-image is the same as last time, but the record is gone (`rto gc`, `rto verify`, another cache).
     ResultMissing,
     /// The pre-images differ in a way no case above describes. Seeing this often means `compare` needs a
@@ -106,6 +111,7 @@ impl fmt::Display for StaleReason {
                 old.as_deref().unwrap_or("(unset)"),
                 new.as_deref().unwrap_or("(unset)")
             ),
+            StaleReason::InputNotFetched { name } => write!(f, "remote input `{name}` is not downloaded yet"),
             StaleReason::ResultMissing => {
                 write!(f, "same inputs as last time, but the result is no longer in the cache")
             }

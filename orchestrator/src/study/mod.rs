@@ -119,6 +119,8 @@ pub enum InputSource {
     },
     /// A file or directory, hashed by content; absolute.
     Path(PathBuf),
+    /// A remote file fetched into the cache's `downloads/` (or the HF cache), then hashed like a file.
+    Remote(crate::remote::Remote),
 }
 
 /// Resources a stage needs while it runs.
@@ -203,7 +205,21 @@ pub fn load(path: &Path, text: String) -> Result<Study, StudyError> {
                 Some((h, o)) => (h.to_string(), Some(o.to_string())),
                 None => (written.clone(), None),
             };
-            if ids.contains_key(&head) && !written.contains('/') {
+            let names_stage = ids.contains_key(&head) && !written.contains('/');
+            if names_stage && dir.join(p).exists() {
+                let what = match &output {
+                    Some(o) => format!("output `{o}`"),
+                    None => "the outputs".into(),
+                };
+                return Err(StudyError::at(
+                    &source,
+                    input.span.clone(),
+                    format!("input `{written}` is both a file and {what} of stage `{head}`"),
+                    "ambiguous",
+                )
+                .with_help(format!("write `./{written}` for the file")));
+            }
+            if names_stage {
                 if head == st.id {
                     return Err(StudyError::at(
                         &source,
@@ -311,19 +327,19 @@ fn expand_stage(
                 )
                 .with_help("use letters, digits, `_` and `-`"));
             }
-            let text = interpolate(reference.get_ref(), &vars)
-                .map_err(|var| unknown_var(source, reference.span(), &var, &vars))?;
+            let (text, pin) = match reference.get_ref() {
+                raw::RawInput::Ref(text) => (text.as_str(), None),
+                raw::RawInput::Url(u) => (u.url.as_str(), Some(u.sha256.as_str())),
+            };
+            let text = interpolate(text, &vars).map_err(|var| unknown_var(source, reference.span(), &var, &vars))?;
             if text.is_empty() {
                 return Err(StudyError::at(source, reference.span(), format!("input `{name}` is empty"), "here"));
             }
-            if text.contains("://") {
-                return Err(StudyError::at(
-                    source,
-                    reference.span(),
-                    format!("remote input `{text}` is not supported yet"),
-                    "here",
-                )
-                .with_help("download the file and reference its local path"));
+            if text.contains("://") || pin.is_some() {
+                let remote = crate::remote::Remote::parse(&text, pin)
+                    .map_err(|m| StudyError::at(source, reference.span(), m, "this input"))?;
+                inputs.insert(name.clone(), Input { source: InputSource::Remote(remote), span: reference.span() });
+                continue;
             }
             inputs
                 .insert(name.clone(), Input { source: InputSource::Path(PathBuf::from(text)), span: reference.span() });

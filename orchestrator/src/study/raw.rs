@@ -45,11 +45,35 @@ pub struct RawStage {
     pub foreach: Option<Spanned<Matrix>>,
     /// The back-end's parameters.
     pub params: Option<Spanned<toml::Table>>,
-    /// Input name → `stage-id`, `stage-id.output` or a path relative to the study file.
+    /// Input name → `stage-id`, `stage-id.output`, a path relative to the study file, `hf://…`, or
+    /// `{ url = "https://…", sha256 = "…" }`.
     #[serde(default)]
-    pub inputs: BTreeMap<String, Spanned<String>>,
+    pub inputs: BTreeMap<String, Spanned<RawInput>>,
     /// What the scheduler must reserve.
     pub resources: Option<Spanned<RawResources>>,
+}
+
+/// One input as written.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a string (`stage-id`, `stage-id.output`, a path, `hf://…`) or `{ url = \"https://…\", sha256 = \"…\" }`"
+)]
+pub enum RawInput {
+    /// A stage reference, a path or an `hf://` name.
+    Ref(String),
+    /// A URL pinned by sha256.
+    Url(RawUrl),
+}
+
+/// `{ url = "https://…", sha256 = "…" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUrl {
+    /// The URL.
+    pub url: String,
+    /// The sha256 of the file's bytes (`sha256sum FILE`).
+    pub sha256: String,
 }
 
 /// `foreach = { var = [values…] }`.
