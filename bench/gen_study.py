@@ -10,11 +10,11 @@ n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
 out = sys.argv[2] if len(sys.argv) > 2 else "study.toml"
 width = 10
 d = os.path.dirname(os.path.abspath(out))
-with open(os.path.join(d, "data.jsonl"), "w") as f:
+with open(os.path.join(d, "src.jsonl"), "w") as f:
     for i in range(50):
         f.write(json.dumps({"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)}) + "\n")
 lines = ['[study]\nname = "bench"\n',
-         '[[stage]]\nid = "data"\nuses = "dataset"\ninputs = { src = "data.jsonl" }\n'
+         '[[stage]]\nid = "data"\nuses = "dataset"\ninputs = { src = "src.jsonl" }\n'
          'params = { mode = "rt", sources = [{ input = "src", preset = "alpaca" }] }\n']
 for i in range(1, n):
     up = f"s{i - width}.out.txt" if i > width else "data.train.jsonl"
