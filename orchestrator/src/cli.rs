@@ -416,7 +416,19 @@ fn path(cli: &Cli, path: &Path, id: &str, output: Option<&str>) -> Result<(), Fa
 fn log(cli: &Cli, path: &Path, id: &str) -> Result<(), Failure> {
     let study = load(path)?;
     stage_index(&study, id)?;
-    let store = open_store(cli, Some(&study))?;
+    let (store, summary) = plan_summary(cli, &study)?;
+    // A cached stage: the log of the run that made its current result.
+    let current = summary.stages.iter().find(|s| s.id == id).and_then(|s| s.key.as_ref()).and_then(|k| k.parse().ok());
+    if let Some(key) = current
+        && let Ok(Some(record)) = store.get_action(&key)
+    {
+        let log = store.run_path(&record.provenance.run).join(format!("{id}.log"));
+        if log.is_file() {
+            eprintln!("log of `{id}` in run {} (which made its current result):", record.provenance.run);
+            print!("{}", std::fs::read_to_string(&log).context("cannot read the log")?);
+            return Ok(());
+        }
+    }
     let mut runs: Vec<_> =
         std::fs::read_dir(store.root().join("runs")).context("cannot list runs")?.flatten().map(|e| e.path()).collect();
     runs.sort();

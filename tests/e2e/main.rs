@@ -1,9 +1,11 @@
 //! End-to-end tests of the real `rto` binary on temporary directories: one test binary, one module per area.
 
+mod architecture;
 mod concurrency;
 mod crash;
 mod errors;
 mod incremental;
+mod keys;
 mod maintenance;
 mod remote;
 mod support;
