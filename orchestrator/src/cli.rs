@@ -237,7 +237,8 @@ fn run(
         opts.jobs = j;
     }
     opts.keep_going = keep_going;
-    opts.gpus = gpus;
+    // `--gpus ""` means no GPUs.
+    opts.gpus = gpus.map(|g| g.into_iter().filter(|s| !s.trim().is_empty()).collect());
     // Plan before opening the store, so that a bad study leaves the cache untouched (not even created).
     let dir = store_dir(cli, Some(&study));
     let index = StatIndex::load_at(&dir);

@@ -8,4 +8,5 @@ mod incremental;
 mod keys;
 mod maintenance;
 mod remote;
+mod resources;
 mod support;

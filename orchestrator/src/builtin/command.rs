@@ -13,6 +13,9 @@
 //! leaves in its working directory under that name. Its stdout and stderr go to the stage log; a line
 //! `rto:progress DONE/TOTAL` updates the stage's progress bar.
 //!
+//! `CUDA_VISIBLE_DEVICES` holds the GPUs reserved by `resources.gpus` (empty when none were reserved, so a stage
+//! cannot use a GPU the scheduler handed to another).
+//!
 //! The command text, the declared outputs and `env` are params, so they are part of the key; the paths the
 //! inputs happen to have are not (they reach the command through the environment at run time).
 //!
@@ -127,6 +130,7 @@ impl Builtin for Command {
             .arg(&params.cmd)
             .current_dir(&work)
             .env("RTO_STAGE_ID", ctx.stage_id)
+            .env("CUDA_VISIBLE_DEVICES", ctx.gpus.join(","))
             .envs(&params.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

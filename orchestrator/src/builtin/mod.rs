@@ -27,6 +27,9 @@ pub struct StageContext<'a> {
     pub out_dir: &'a Path,
     /// A private scratch directory, deleted after the stage.
     pub scratch_dir: &'a Path,
+    /// GPU device ids reserved for the stage (`resources.gpus`); child processes get them as
+    /// `CUDA_VISIBLE_DEVICES`, and a stage that reserved none sees none.
+    pub gpus: &'a [String],
     /// The stage's log (a file under the cache's `runs/`); write human-readable lines.
     pub log: &'a mut dyn Write,
     /// Reports progress as (done, total); the executor shows it on the stage's progress line.

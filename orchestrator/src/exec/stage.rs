@@ -146,6 +146,7 @@ fn execute(job: &Job, events: &Sender<Event>, started: Instant) -> anyhow::Resul
             inputs: &inputs,
             out_dir: &out_dir,
             scratch_dir: &work_dir,
+            gpus: &job.gpus,
             log: &mut log,
             progress: &progress,
             cancelled: &cancelled,
