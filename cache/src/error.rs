@@ -44,6 +44,12 @@ pub enum StoreError {
         /// The layout this crate writes.
         expected: u32,
     },
+    /// `gc` or `verify` found a run using the store.
+    #[error("the cache is in use by a running `rto run` (`{path}` is locked); retry when it has finished")]
+    Busy {
+        /// The store lock.
+        path: PathBuf,
+    },
     /// A ref name that cannot be a path inside `refs/`.
     #[error("`{0}` is not a valid ref name (use letters, digits, `-`, `_`, `.` and `/`-separated parts)")]
     BadRefName(String),

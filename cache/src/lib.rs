@@ -69,7 +69,7 @@ mod store;
 
 pub use digest::{ActionKey, HASH_BUF, ObjectDigest, ParseDigestError, hash_file, hash_reader};
 pub use error::{Result, StoreError};
-pub use lock::KeyLock;
+pub use lock::{KeyLock, StoreLock};
 pub use maintenance::{GcReport, VerifyReport, pid_alive};
 pub use object::{Artifact, ArtifactKind, Tree, TreeEntry, is_safe_name};
 pub use stat_index::StatIndex;

@@ -27,7 +27,8 @@ pub struct KeyLock {
 
 impl KeyLock {
     /// Takes the lock at `path`, calling `on_wait(holder)` once if another process holds it, then waiting.
-    pub fn acquire(path: &Path, on_wait: impl FnOnce(&str)) -> Result<KeyLock> {
+    /// Returns `None` if `cancelled` became true while waiting.
+    pub fn acquire(path: &Path, on_wait: impl FnOnce(&str), cancelled: &dyn Fn() -> bool) -> Result<Option<KeyLock>> {
         let mut on_wait = Some(on_wait);
         loop {
             let mut file = OpenOptions::new()
@@ -46,7 +47,18 @@ impl KeyLock {
                         let holder = holder.trim();
                         f(if holder.is_empty() { "another rto process" } else { holder });
                     }
-                    file.lock().ctx("wait for lock", path)?;
+                    // Poll rather than block, so that Ctrl-C reaches a stage waiting for another process.
+                    loop {
+                        if cancelled() {
+                            return Ok(None);
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        match file.try_lock() {
+                            Ok(()) => break,
+                            Err(TryLockError::WouldBlock) => continue,
+                            Err(TryLockError::Error(e)) => return Err(e).ctx("lock", path),
+                        }
+                    }
                 }
                 Err(TryLockError::Error(e)) => return Err(e).ctx("lock", path),
             }
@@ -67,7 +79,7 @@ impl KeyLock {
             file.set_len(0).ctx("write lock", path)?;
             file.rewind().ctx("write lock", path)?;
             file.write_all(owner.as_bytes()).ctx("write lock", path)?;
-            return Ok(KeyLock { path: path.to_path_buf(), file });
+            return Ok(Some(KeyLock { path: path.to_path_buf(), file }));
         }
     }
 }
@@ -76,6 +88,38 @@ impl Drop for KeyLock {
     fn drop(&mut self) {
         // Remove while still holding the lock, so that waiters notice the inode change and retry.
         let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.unlock();
+    }
+}
+
+/// The store-wide lock: shared by runs, exclusive for `gc` and `verify`. Kept as a file that is never removed.
+#[derive(Debug)]
+pub struct StoreLock {
+    file: File,
+}
+
+impl StoreLock {
+    /// Takes it shared (waiting for an exclusive holder) or exclusive (failing at once if anyone holds it).
+    pub fn take(path: &Path, exclusive: bool) -> Result<StoreLock> {
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).ctx("open lock", path)?;
+        if exclusive {
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    return Err(crate::StoreError::Busy { path: path.to_path_buf() });
+                }
+                Err(TryLockError::Error(e)) => return Err(e).ctx("lock", path),
+            }
+        } else {
+            file.lock_shared().ctx("lock", path)?;
+        }
+        Ok(StoreLock { file })
+    }
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
         let _ = self.file.unlock();
     }
 }

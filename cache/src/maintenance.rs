@@ -209,8 +209,8 @@ impl Store {
         }
     }
 
-    /// Entries of `tmp/` left by processes of this host that no longer exist, or by any process longer ago than
-    /// a day, and older than `grace`.
+    /// Entries of `tmp/` left by processes of this host that no longer exist, or by another host's processes
+    /// longer than a week ago, and older than `grace`.
     fn dead_scratch(&self, grace: Duration) -> Result<Vec<PathBuf>> {
         let host = crate::host_tag();
         let tmp = self.root().join("tmp");
@@ -230,11 +230,13 @@ impl Store {
                 [.., h, pid, _] => (*h, pid.parse::<i32>().ok()),
                 _ => (host.as_str(), None),
             };
-            let dead = match pid {
+            // On this host a live pid means a running stage, however old (a fine-tune may take days); for
+            // another host's leftovers only age can tell.
+            let remove = match pid {
                 Some(pid) if owner_host == host => !pid_alive(pid),
-                _ => false,
+                _ => age > Duration::from_secs(7 * 86_400),
             };
-            if dead || age > Duration::from_secs(86_400) {
+            if remove {
                 out.push(e.path());
             }
         }

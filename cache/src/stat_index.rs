@@ -62,14 +62,30 @@ impl StatIndex {
     pub fn artifact_of(&self, path: &Path) -> Result<Artifact> {
         let meta = fs::metadata(path).ctx("read", path)?;
         if meta.is_dir() {
-            self.tree_of(path).map(|(digest, size)| Artifact { kind: ArtifactKind::Tree, digest, size })
+            self.tree_of(path, &mut Vec::new()).map(|(digest, size)| Artifact {
+                kind: ArtifactKind::Tree,
+                digest,
+                size,
+            })
+        } else if !meta.is_file() {
+            Err(special(path))
         } else {
             let digest = self.file_digest(path, &meta)?;
             Ok(Artifact { kind: ArtifactKind::File, digest, size: meta.len() })
         }
     }
 
-    fn tree_of(&self, dir: &Path) -> Result<(ObjectDigest, u64)> {
+    /// `ancestors` are the (device, inode) of the directories above, so that a symlink pointing back up
+    /// (`data/latest -> .`) is an error instead of an endless walk.
+    fn tree_of(&self, dir: &Path, ancestors: &mut Vec<(u64, u64)>) -> Result<(ObjectDigest, u64)> {
+        let here = fs::metadata(dir).ctx("read", dir)?;
+        if ancestors.contains(&(here.dev(), here.ino())) {
+            return Err(StoreError::BadOutput {
+                path: dir.to_path_buf(),
+                message: "a symlink makes this directory contain itself".into(),
+            });
+        }
+        ancestors.push((here.dev(), here.ino()));
         let mut entries = Vec::new();
         for entry in fs::read_dir(dir).ctx("list", dir)? {
             let entry = entry.ctx("list", dir)?;
@@ -80,14 +96,17 @@ impl StatIndex {
             })?;
             let meta = fs::metadata(&child).ctx("read", &child)?;
             if meta.is_dir() {
-                let (digest, size) = self.tree_of(&child)?;
+                let (digest, size) = self.tree_of(&child, ancestors)?;
                 entries.push(TreeEntry { name, kind: ArtifactKind::Tree, executable: false, size, digest });
+            } else if !meta.is_file() {
+                return Err(special(&child));
             } else {
                 let digest = self.file_digest(&child, &meta)?;
                 let executable = meta.permissions().mode() & 0o111 != 0;
                 entries.push(TreeEntry { name, kind: ArtifactKind::File, executable, size: meta.len(), digest });
             }
         }
+        ancestors.pop();
         let tree = Tree::new(entries);
         Ok((tree.digest(), tree.size()))
     }
@@ -127,5 +146,13 @@ impl StatIndex {
             fs::read(&self.path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         merged.extend(self.entries.lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), *v)));
         store.write_atomic(&self.path, &serde_json::to_vec(&merged).expect("serialises"))
+    }
+}
+
+/// A FIFO, socket or device in an input: reading it could block forever or never end.
+fn special(path: &Path) -> StoreError {
+    StoreError::BadOutput {
+        path: path.to_path_buf(),
+        message: "inputs must be regular files or directories (found a FIFO, socket or device)".into(),
     }
 }

@@ -159,7 +159,7 @@ impl Store {
             self.fs.sync(&file).ctx("fsync", &tmp)?;
             drop(file);
             let dir = path.parent().expect("store paths have parents");
-            fs::create_dir_all(dir).ctx("create", dir)?;
+            self.create_dir_durably(dir)?;
             self.fs.rename(&tmp, path).ctx("rename into", path)?;
             self.fs.sync_dir(dir).ctx("fsync", dir)
         })();
@@ -167,6 +167,19 @@ impl Store {
             let _ = fs::remove_file(&tmp);
         }
         result
+    }
+
+    /// Creates `dir` if missing and, when it was created, fsyncs its parent, so that after a power loss a
+    /// record cannot survive while the fan-out directory of an object it names does not.
+    fn create_dir_durably(&self, dir: &Path) -> Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(dir).ctx("create", dir)?;
+        if let Some(parent) = dir.parent() {
+            self.fs.sync_dir(parent).ctx("fsync", parent)?;
+        }
+        Ok(())
     }
 
     /// Moves a finished output (a file or a directory, ideally inside this store's `tmp/`) into the store and
@@ -195,7 +208,7 @@ impl Store {
             fs::remove_file(path).ctx("remove", path)?;
         } else {
             let dir = dest.parent().expect("objects have a fan-out directory");
-            fs::create_dir_all(dir).ctx("create", dir)?;
+            self.create_dir_durably(dir)?;
             fs::set_permissions(path, fs::Permissions::from_mode(0o444)).ctx("make read-only", path)?;
             let file = File::open(path).ctx("open", path)?;
             self.fs.sync(&file).ctx("fsync", path)?;
@@ -345,6 +358,8 @@ impl Store {
                 }
             }
         }
+        // Read-only, so that a stage cannot add files to an input it shares with every other reader.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).ctx("make read-only", dir)?;
         Ok(())
     }
 
@@ -380,7 +395,28 @@ impl Store {
     /// Takes the per-key lock, waiting for another holder if needed. `on_wait` is called once with the
     /// holder's description if the lock is busy.
     pub fn lock(&self, key: &ActionKey, on_wait: impl FnOnce(&str)) -> Result<KeyLock> {
-        KeyLock::acquire(&self.root.join("locks").join(format!("{}.lock", key.to_hex())), on_wait)
+        self.lock_unless(key, on_wait, &|| false).map(|l| l.expect("never cancelled"))
+    }
+
+    /// Like [`Store::lock`], but gives up (returning `None`) once `cancelled` returns true while waiting.
+    pub fn lock_unless(
+        &self,
+        key: &ActionKey,
+        on_wait: impl FnOnce(&str),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<KeyLock>> {
+        KeyLock::acquire(&self.root.join("locks").join(format!("{}.lock", key.to_hex())), on_wait, cancelled)
+    }
+
+    /// Takes the store-wide lock shared: every `rto run` holds it, so that `gc` and `verify`, which take it
+    /// exclusively, never see a half-committed action (objects stored, record not yet written).
+    pub fn use_shared(&self) -> Result<crate::lock::StoreLock> {
+        crate::lock::StoreLock::take(&self.root.join("locks").join("store.lock"), false)
+    }
+
+    /// Takes the store-wide lock exclusively (for `gc` and `verify`); fails at once if a run holds it.
+    pub fn use_exclusive(&self) -> Result<crate::lock::StoreLock> {
+        crate::lock::StoreLock::take(&self.root.join("locks").join("store.lock"), true)
     }
 
     fn ref_path(&self, name: &str) -> Result<PathBuf> {

@@ -189,6 +189,27 @@ fn store_dir(cli: &Cli, study: Option<&Study>) -> PathBuf {
     }
 }
 
+/// A store for commands that only read: the cache if it exists, else an empty store in a temporary directory
+/// (returned too, to keep it alive), so that `plan`, `why`, `path`, `log` and `--dry-run` never create `.rto/`.
+fn reading_store(cli: &Cli, study: Option<&Study>) -> Result<(Store, Option<tempfile::TempDir>), Failure> {
+    let dir = store_dir(cli, study);
+    if dir.join("rto-store.json").is_file() {
+        return Ok((open_store(cli, study)?, None));
+    }
+    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let store = Store::open(tmp.path()).context("cannot open an empty store")?;
+    Ok((store, Some(tmp)))
+}
+
+/// The existing cache for `verify` and `gc`, which must not create one.
+fn existing_store(cli: &Cli) -> Result<Store, Failure> {
+    let dir = store_dir(cli, None);
+    if !dir.join("rto-store.json").is_file() {
+        return Err(Failure::Usage(format!("no rto cache at `{}` (use `--cache DIR` or RTO_CACHE)", dir.display())));
+    }
+    open_store(cli, None)
+}
+
 fn open_store(cli: &Cli, study: Option<&Study>) -> Result<Store, Failure> {
     let dir = store_dir(cli, study);
     Store::open(&dir).with_context(|| format!("cannot open the cache at `{}`", dir.display())).map_err(Failure::Other)
@@ -245,7 +266,9 @@ fn run(
     let downloads = dir.join("downloads");
     let remotes = if dry_run { Remotes::CachedOnly(&downloads) } else { Remotes::Fetch(&downloads) };
     let planned = Planned::new(&study, &index, remotes)?;
-    let store = open_store(cli, Some(&study))?;
+    let (store, _tmp) =
+        if dry_run { reading_store(cli, Some(&study))? } else { (open_store(cli, Some(&study))?, None) };
+    let _in_use = if dry_run { None } else { Some(store.use_shared()?) };
     let cancel = Arc::new(AtomicBool::new(false));
     install_ctrlc(cancel.clone());
     let summary = exec::execute(&planned, &store, &opts, cancel.clone())?;
@@ -280,22 +303,25 @@ fn print_summary(cli: &Cli, summary: &Summary, all: bool) -> Result<(), Failure>
     Ok(())
 }
 
-fn plan_summary(cli: &Cli, study: &Study) -> Result<(Store, Summary), Failure> {
+/// What `plan_summary` returns: the store it read, the plan, and the temporary store directory if any.
+type Reading = (Store, Summary, Option<tempfile::TempDir>);
+
+fn plan_summary(cli: &Cli, study: &Study) -> Result<Reading, Failure> {
     let dir = store_dir(cli, Some(study));
     let index = StatIndex::load_at(&dir);
     let downloads = dir.join("downloads");
     let planned = Planned::new(study, &index, Remotes::CachedOnly(&downloads))?;
-    let store = open_store(cli, Some(study))?;
+    let (store, tmp) = reading_store(cli, Some(study))?;
     let mut opts = options(study, true);
     opts.progress = false;
     opts.results_dir = None;
     let summary = exec::execute(&planned, &store, &opts, Arc::new(AtomicBool::new(false)))?;
-    Ok((store, summary))
+    Ok((store, summary, tmp))
 }
 
 fn plan(cli: &Cli, path: &Path) -> Result<(), Failure> {
     let study = load(path)?;
-    let (_, summary) = plan_summary(cli, &study)?;
+    let (_, summary, _tmp) = plan_summary(cli, &study)?;
     print_summary(cli, &summary, true)
 }
 
@@ -310,7 +336,7 @@ fn stage_index(study: &Study, id: &str) -> Result<usize, Failure> {
 fn why(cli: &Cli, path: &Path, id: &str) -> Result<(), Failure> {
     let study = load(path)?;
     let i = stage_index(&study, id)?;
-    let (store, summary) = plan_summary(cli, &study)?;
+    let (store, summary, _tmp) = plan_summary(cli, &study)?;
     let s = summary.stages.iter().find(|s| s.id == study.stages[i].id).expect("every stage is planned");
     let last = store.read_ref(&last_run_ref(&study.name, id))?.and_then(|v| serde_json::from_value::<LastRun>(v).ok());
     // Recompute the current pre-image for a field-by-field diff when its key is known.
@@ -378,7 +404,7 @@ fn short(key: &Option<String>) -> String {
 fn path(cli: &Cli, path: &Path, id: &str, output: Option<&str>) -> Result<(), Failure> {
     let study = load(path)?;
     stage_index(&study, id)?;
-    let (store, summary) = plan_summary(cli, &study)?;
+    let (store, summary, _tmp) = plan_summary(cli, &study)?;
     let s = summary.stages.iter().find(|s| s.id == id).expect("every stage is planned");
     let record = match (&s.status, &s.key) {
         (Status::Cached, Some(key)) => store.get_action(&key.parse().context("bad key")?)?,
@@ -417,7 +443,7 @@ fn path(cli: &Cli, path: &Path, id: &str, output: Option<&str>) -> Result<(), Fa
 fn log(cli: &Cli, path: &Path, id: &str) -> Result<(), Failure> {
     let study = load(path)?;
     stage_index(&study, id)?;
-    let (store, summary) = plan_summary(cli, &study)?;
+    let (store, summary, _tmp) = plan_summary(cli, &study)?;
     // A cached stage: the log of the run that made its current result.
     let current = summary.stages.iter().find(|s| s.id == id).and_then(|s| s.key.as_ref()).and_then(|k| k.parse().ok());
     if let Some(key) = current
@@ -451,7 +477,8 @@ fn log(cli: &Cli, path: &Path, id: &str) -> Result<(), Failure> {
 }
 
 fn verify(cli: &Cli) -> Result<(), Failure> {
-    let store = open_store(cli, None)?;
+    let store = existing_store(cli)?;
+    let _exclusive = store.use_exclusive()?;
     let report = store.verify()?;
     match cli.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).context("cannot serialise")?),
@@ -496,7 +523,7 @@ fn verify(cli: &Cli) -> Result<(), Failure> {
 fn gc(cli: &Cli, studies: &[PathBuf], dry_run: bool, grace: std::time::Duration) -> Result<(), Failure> {
     let mut roots = BTreeSet::new();
     let store = if studies.is_empty() {
-        let store = open_store(cli, None)?;
+        let store = existing_store(cli)?;
         for (name, value) in store.list_refs()? {
             if name.starts_with("last/")
                 && let Ok(last) = serde_json::from_value::<LastRun>(value)
@@ -509,16 +536,24 @@ fn gc(cli: &Cli, studies: &[PathBuf], dry_run: bool, grace: std::time::Duration)
         let mut store = None;
         for path in studies {
             let study = load(path)?;
-            let (s, summary) = plan_summary(cli, &study)?;
+            let (s, summary, _tmp) = plan_summary(cli, &study)?;
             for st in &summary.stages {
                 if let Some(key) = &st.key {
                     roots.insert(key.parse().context("bad key")?);
+                }
+                // A stage blocked behind one that will run has no key yet: keep its last result, which early
+                // cut-off may still reuse.
+                if let Ok(Some(v)) = s.read_ref(&last_run_ref(&study.name, &st.id))
+                    && let Ok(last) = serde_json::from_value::<LastRun>(v)
+                {
+                    roots.insert(last.key);
                 }
             }
             store = Some(s);
         }
         store.expect("at least one study")
     };
+    let _exclusive = store.use_exclusive()?;
     let report = store.gc(&roots, grace, dry_run)?;
     match cli.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).context("cannot serialise")?),

@@ -208,3 +208,17 @@ fn the_example_study_runs_and_is_then_a_no_op() {
     let second = run(&["run", "studies/example.toml"]);
     assert_eq!(second.with_status("cached").len(), 5);
 }
+
+#[test]
+fn stages_behind_a_failure_are_reported_skipped_not_dropped() {
+    // Regression (review of issue 2): without --keep-going the summary lost stages that were never decided.
+    let p = Project::chain();
+    p.edit_study("echo a >>", "exit 1; echo a >>");
+    let out = p.rto(&["--format", "json", "run", "study.toml", "-j", "1"]).expect_code(1);
+    let st = out.statuses();
+    assert_eq!(st.len(), 5, "{st:?}");
+    assert_eq!(st["a"], "failed");
+    for id in ["b", "c", "d"] {
+        assert_eq!(st[id], "skipped", "{id}");
+    }
+}

@@ -57,3 +57,21 @@ fn a_directory_hashes_like_the_tree_the_store_would_make() {
     assert_eq!(hashed, stored);
     assert_eq!(hashed.kind, ArtifactKind::Tree);
 }
+
+#[test]
+fn a_symlink_loop_or_a_fifo_in_an_input_is_an_error_not_a_hang() {
+    let (d, s) = store();
+    let dir = d.path().join("in");
+    write_files(&dir, &[("a", "1")]);
+    std::os::unix::fs::symlink(".", dir.join("latest")).unwrap();
+    let idx = StatIndex::load(&s);
+    let err = idx.artifact_of(&dir).unwrap_err().to_string();
+    assert!(err.contains("contain itself"), "{err}");
+
+    let fifo_dir = d.path().join("fifo");
+    std::fs::create_dir(&fifo_dir).unwrap();
+    let status = std::process::Command::new("mkfifo").arg(fifo_dir.join("p")).status().unwrap();
+    assert!(status.success());
+    let err = idx.artifact_of(&fifo_dir).unwrap_err().to_string();
+    assert!(err.contains("FIFO"), "{err}");
+}

@@ -20,7 +20,8 @@
 //! inputs happen to have are not (they reach the command through the environment at run time).
 //!
 //! The command runs in its own process group, which is terminated on Ctrl-C (then killed after a grace
-//! period) and, through the parent-death signal, when rto itself dies.
+//! period), and killed when `sh` exits (nothing the command started outlives its stage). If rto itself is
+//! killed, the parent-death signal reaches `sh` only; processes it started in the background may survive.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -116,8 +117,18 @@ impl Builtin for Command {
         "command"
     }
 
-    fn validate(&self, params: &serde_json::Value, _input_names: &[&str]) -> Result<(), ParamError> {
-        parse(params).map(|_| ())
+    fn validate(&self, params: &serde_json::Value, input_names: &[&str]) -> Result<(), ParamError> {
+        parse(params)?;
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for name in input_names {
+            if let Some(other) = seen.insert(input_var(name), name) {
+                return Err(ParamError::new(
+                    &[],
+                    format!("inputs `{other}` and `{name}` would both be `{}`: rename one", input_var(name)),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
@@ -152,16 +163,8 @@ impl Builtin for Command {
         let err = child.stderr.take().expect("piped");
         let tx2 = tx.clone();
         let readers = [
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let _ = tx.send(Line::Out(line));
-                }
-            }),
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    let _ = tx2.send(Line::Err(line));
-                }
-            }),
+            std::thread::spawn(move || forward_lines(out, |l| tx.send(Line::Out(l)).is_ok())),
+            std::thread::spawn(move || forward_lines(err, |l| tx2.send(Line::Err(l)).is_ok())),
         ];
         let pgid = child.id() as i32;
         let mut cancelled_at: Option<Instant> = None;
@@ -193,6 +196,10 @@ impl Builtin for Command {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        // Whatever `sh` left behind in its group (`server &`) dies with the stage: it could hold the log pipes
+        // open forever, or go on writing outputs while they are being stored.
+        // SAFETY: signals the command's own process group, which we created.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
         for r in readers {
             let _ = r.join();
         }
@@ -217,6 +224,25 @@ impl Builtin for Command {
                 .with_context(|| format!("cannot collect output `{name}`"))?;
         }
         Ok(())
+    }
+}
+
+/// Sends each line of `from` (invalid UTF-8 replaced, never a reason to stop reading: a reader that stopped
+/// would close the pipe and kill the command with SIGPIPE) until `send` fails or the pipe closes.
+fn forward_lines(from: impl std::io::Read, mut send: impl FnMut(String) -> bool) {
+    let mut reader = BufReader::new(from);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+                if !send(line) {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -253,6 +279,24 @@ mod tests {
         check(json!({"cmd": "x", "outputs": ["../x"]}), Err((&["outputs", "0"], "plain file")));
         check(json!({"cmd": "x", "outputs": ["a", "a"]}), Err((&["outputs", "1"], "twice")));
         check(json!({"cmd": "x", "env": {"K": 1}}), Err((&["env", "K"], "strings")));
+    }
+
+    #[test]
+    fn inputs_whose_variables_collide_are_refused() {
+        let params = serde_json::json!({"cmd": "true"});
+        assert!(Command.validate(&params, &["a-b", "c"]).is_ok());
+        let err = Command.validate(&params, &["a-b", "a_b"]).unwrap_err();
+        assert!(err.message.contains("`RTO_INPUT_A_B`"), "{}", err.message);
+    }
+
+    #[test]
+    fn invalid_utf8_output_does_not_stop_the_reader() {
+        let mut got = Vec::new();
+        forward_lines(&b"ok\n\xff\xfe bad\nlast"[..], |l| {
+            got.push(l);
+            true
+        });
+        assert_eq!(got, ["ok", "\u{fffd}\u{fffd} bad", "last"]);
     }
 
     #[test]

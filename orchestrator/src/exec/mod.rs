@@ -262,10 +262,10 @@ pub fn execute(
                     InputSource::Stage { stage: up, output } => {
                         let outs = outputs[planned.index_of(up)].as_ref().expect("upstream is done");
                         match output {
-                            Some(o) => JobInput::Artifact(outs[o], None),
+                            Some(o) => JobInput::Artifact(outs[o], None, o.clone()),
                             None => {
                                 let (tree, artifact) = all_outputs_tree(outs);
-                                JobInput::Artifact(artifact, Some(tree))
+                                JobInput::Artifact(artifact, Some(tree), up.clone())
                             }
                         }
                     }
@@ -297,6 +297,18 @@ pub fn execute(
 
         if running == 0 {
             if queue.is_empty() {
+                // Stages still undecided wait for one that will never finish (the run stopped).
+                for &i in &dag.order {
+                    if matches!(state[i], State::Pending) {
+                        let ups: Vec<String> = dag.upstream[i]
+                            .iter()
+                            .filter(|&&u| !matches!(state[u], State::Done))
+                            .map(|&u| study.stages[u].id.clone())
+                            .collect();
+                        state[i] = State::Dead;
+                        summaries[i] = Some(StageSummary { upstream: ups, ..summary_of(i, Status::Skipped) });
+                    }
+                }
                 break;
             }
             if stopping {
@@ -391,8 +403,11 @@ fn finish(
         let last = LastRun { key: *key, run: run.unwrap_or_default().to_string() };
         store.write_ref(&name, &serde_json::to_value(&last)?)?;
     }
-    if let Some(dir) = &opts.results_dir {
-        results::link(store, &dir.join(&study.name).join(id), outputs)?;
+    if let Some(dir) = &opts.results_dir
+        && let Err(e) = results::link(store, &dir.join(&study.name).join(id), outputs)
+    {
+        // Convenience links only: a failure (say, a concurrent run relinking the same stage) must not fail the run.
+        tracing::warn!("cannot update `results/` for `{id}`: {e:#}");
     }
     Ok(())
 }

@@ -13,12 +13,7 @@ pub fn link(store: &Store, dir: &Path, outputs: &BTreeMap<String, Artifact>) -> 
     for (name, artifact) in outputs {
         wanted.insert(name.clone(), store.checkout(artifact)?);
     }
-    let current: Option<BTreeMap<String, std::path::PathBuf>> = std::fs::read_dir(dir).ok().map(|rd| {
-        rd.flatten()
-            .filter_map(|e| Some((e.file_name().into_string().ok()?, std::fs::read_link(e.path()).ok()?)))
-            .collect()
-    });
-    if current.as_ref() == Some(&wanted) {
+    if current(dir).as_ref() == Some(&wanted) {
         return Ok(());
     }
     // Build the new directory beside the old one and swap, so a reader never sees a half-made one.
@@ -37,7 +32,23 @@ pub fn link(store: &Store, dir: &Path, outputs: &BTreeMap<String, Artifact>) -> 
     if dir.exists() {
         std::fs::rename(dir, &old).with_context(|| format!("cannot replace `{}`", dir.display()))?;
     }
-    std::fs::rename(&staging, dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    let swapped = std::fs::rename(&staging, dir);
     let _ = std::fs::remove_dir_all(&old);
+    if let Err(e) = swapped {
+        let _ = std::fs::remove_dir_all(&staging);
+        // Another run may have made the same directory meanwhile: then it is already right.
+        if current(dir).as_ref() != Some(&wanted) {
+            return Err(e).with_context(|| format!("cannot create `{}`", dir.display()));
+        }
+    }
     Ok(())
+}
+
+/// Output name → link target of the links in `dir`, if it exists.
+fn current(dir: &Path) -> Option<BTreeMap<String, std::path::PathBuf>> {
+    std::fs::read_dir(dir).ok().map(|rd| {
+        rd.flatten()
+            .filter_map(|e| Some((e.file_name().into_string().ok()?, std::fs::read_link(e.path()).ok()?)))
+            .collect()
+    })
 }

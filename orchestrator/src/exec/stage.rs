@@ -49,8 +49,9 @@ pub struct Job {
 pub enum JobInput {
     /// A file or directory of the study, by absolute path.
     Path(PathBuf),
-    /// An artifact in the store; a tree built from a stage's outputs is stored before use.
-    Artifact(Artifact, Option<Tree>),
+    /// An artifact in the store, named as its stage named the output; a tree built from all of a stage's
+    /// outputs is stored before use.
+    Artifact(Artifact, Option<Tree>, String),
 }
 
 /// What a worker thread reports.
@@ -95,11 +96,17 @@ pub fn run(job: Job, events: Sender<Event>) {
 fn execute(job: &Job, events: &Sender<Event>, started: Instant) -> anyhow::Result<Outcome> {
     let store = &job.store;
     let index = job.index;
-    let _lock = store
-        .lock(&job.key, |holder| {
-            let _ = events.send(Event::Waiting(index, holder.to_string()));
-        })
+    let cancelled = || job.cancelled.load(Ordering::SeqCst);
+    let lock = store
+        .lock_unless(
+            &job.key,
+            |holder| {
+                let _ = events.send(Event::Waiting(index, holder.to_string()));
+            },
+            &cancelled,
+        )
         .context("cannot take the stage's lock")?;
+    let Some(_lock) = lock else { anyhow::bail!("cancelled while waiting for another run of the same work") };
     if !job.forced
         && let Some(record) = store.get_action(&job.key)?
     {
@@ -120,11 +127,25 @@ fn execute(job: &Job, events: &Sender<Event>, started: Instant) -> anyhow::Resul
     for (name, input) in &job.inputs {
         let path = match input {
             JobInput::Path(p) => p.clone(),
-            JobInput::Artifact(a, tree) => {
+            JobInput::Artifact(a, tree, file_name) => {
                 if let Some(tree) = tree {
                     store.put_tree(tree)?;
                 }
-                store.checkout(a).with_context(|| format!("cannot check out input `{name}`"))?
+                let stored = store.checkout(a).with_context(|| format!("cannot check out input `{name}`"))?;
+                if a.kind == cache::ArtifactKind::File {
+                    // A private hard link under the output's own name: the extension is kept (readers infer
+                    // formats from it), and a tool that replaces the file (`sed -i`) replaces the link, not the
+                    // object in the store.
+                    let dir = scratch.path().join("inputs").join(name);
+                    std::fs::create_dir_all(&dir)?;
+                    let link = dir.join(file_name);
+                    if std::fs::hard_link(&stored, &link).is_err() {
+                        std::fs::copy(&stored, &link)?;
+                    }
+                    link
+                } else {
+                    stored
+                }
             }
         };
         writeln!(log, "# input {name} = {}", path.display())?;
@@ -135,7 +156,6 @@ fn execute(job: &Job, events: &Sender<Event>, started: Instant) -> anyhow::Resul
     let progress = |done: u64, total: u64| {
         let _ = events.send(Event::Progress(index, done, total));
     };
-    let cancelled = || job.cancelled.load(Ordering::SeqCst);
     if !job.gpus.is_empty() {
         writeln!(log, "# CUDA_VISIBLE_DEVICES={}", job.gpus.join(","))?;
     }

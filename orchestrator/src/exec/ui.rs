@@ -53,7 +53,7 @@ impl Ui {
     /// A stage reported progress.
     pub fn progress(&mut self, i: usize, done: u64, total: u64) {
         if let Some(bar) = self.bars.get(&i) {
-            let pct = (done * 100).checked_div(total).unwrap_or(0);
+            let pct = done.saturating_mul(100).checked_div(total).unwrap_or(0);
             bar.set_message(format!("{done}/{total} ({pct}%)"));
         }
     }

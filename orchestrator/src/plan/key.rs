@@ -11,11 +11,12 @@
 //! |           | rto's version and the built-in's own revision                                                  |
 //! | `params`  | canonical (sorted keys, integral floats as integers), so formatting and key order do not count |
 //! | `inputs`  | input name → kind and content digest of the artifact (upstream output or file)                 |
-//! | `env`     | environment facts the back-end declares relevant (device kind, dtype)                          |
+//! | `env`     | environment facts the back-end declares relevant (device kind, dtype), and the number of GPUs  |
+//! |           | a stage reserves (`resources.gpus`), which changes what data-parallel training computes         |
 //!
 //! Deliberately left out, because they change without changing the work: the stage id (two stages doing the
 //! same work share a result), absolute paths (a moved checkout or cache keeps its hits), mtimes, host names,
-//! the clock, `resources` (how much of the machine to reserve is scheduling, not semantics), the study's
+//! the clock, `resources` other than the GPU count (CPUs and memory are scheduling, not semantics), the study's
 //! description and comments, and secrets, which must never be written to a record.
 
 use std::collections::BTreeMap;

@@ -136,13 +136,18 @@ impl<'s> Planned<'s> {
             inputs.insert(name.clone(), InputDigest { kind: artifact.kind, digest: artifact.digest });
         }
         let backend = &self.backends[i];
+        let mut env = backend.env_facts();
+        if stage.resources.gpus > 0 {
+            // How many devices a stage trains on changes its result (data parallelism, batch per device).
+            env.insert("gpus".into(), stage.resources.gpus.to_string());
+        }
         Ok(Some(ActionPreimage {
             schema: KEY_SCHEMA,
             uses: stage.uses.to_string(),
             backend: backend.identity(),
             params: stage.params.clone(),
             inputs,
-            env: backend.env_facts(),
+            env,
         }))
     }
 
