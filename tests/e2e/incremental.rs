@@ -222,3 +222,13 @@ fn stages_behind_a_failure_are_reported_skipped_not_dropped() {
         assert_eq!(st[id], "skipped", "{id}");
     }
 }
+
+#[test]
+fn an_input_edited_while_its_stage_runs_is_not_recorded() {
+    // Regression (review of issue 2): the key was taken over the old content, the stage read the new one.
+    let study = "[[stage]]\nid = \"s\"\nuses = \"command\"\ninputs = { f = \"in.txt\" }\nparams = { cmd = \"echo more >> \\\"$RTO_INPUT_F\\\"; cat \\\"$RTO_INPUT_F\\\" > o\", outputs = [\"o\"] }\n";
+    let p = Project::new(study, &[("in.txt", "one\n")]);
+    let out = p.rto(&["run", "study.toml"]).expect_code(1);
+    assert!(out.stderr.contains("input `f` (`"), "{}", out.stderr);
+    assert!(out.stderr.contains("changed while the stage ran"), "{}", out.stderr);
+}

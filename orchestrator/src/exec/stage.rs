@@ -152,6 +152,16 @@ fn execute(job: &Job, events: &Sender<Event>, started: Instant) -> anyhow::Resul
         inputs.insert(name.clone(), path);
     }
 
+    // The key was taken over the input files' content at plan time; if one changes while the stage runs, the
+    // result would be recorded under a digest it was not computed from.
+    let stamps: Vec<(String, PathBuf, Option<(u64, std::time::SystemTime)>)> = job
+        .inputs
+        .iter()
+        .filter_map(|(name, i)| match i {
+            JobInput::Path(p) => Some((name.clone(), p.clone(), stamp(p))),
+            JobInput::Artifact(..) => None,
+        })
+        .collect();
     let Backend::Builtin(builtin) = job.backend;
     let progress = |done: u64, total: u64| {
         let _ = events.send(Event::Progress(index, done, total));
@@ -180,6 +190,11 @@ fn execute(job: &Job, events: &Sender<Event>, started: Instant) -> anyhow::Resul
         return Err(e);
     }
 
+    for (name, path, before) in &stamps {
+        if stamp(path) != *before {
+            anyhow::bail!("input `{name}` (`{}`) changed while the stage ran; run again", path.display());
+        }
+    }
     let mut outputs = BTreeMap::new();
     let mut entries: Vec<_> = std::fs::read_dir(&out_dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
@@ -209,6 +224,13 @@ fn execute(job: &Job, events: &Sender<Event>, started: Instant) -> anyhow::Resul
     store.put_action(&record)?;
     writeln!(log, "# done in {duration_ms} ms")?;
     Ok(Outcome::Ran(record, duration_ms))
+}
+
+/// Size and mtime of a file (for directories, of the directory entry itself, which changes when entries are
+/// added or removed; edits deeper down are not seen).
+fn stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
