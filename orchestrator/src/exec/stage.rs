@@ -154,7 +154,7 @@ fn execute(job: &Job, events: &Sender<Event>, started: Instant) -> anyhow::Resul
 
     // The key was taken over the input files' content at plan time; if one changes while the stage runs, the
     // result would be recorded under a digest it was not computed from.
-    let stamps: Vec<(String, PathBuf, Option<(u64, std::time::SystemTime)>)> = job
+    let stamps: Vec<(String, PathBuf, Option<Stamp>)> = job
         .inputs
         .iter()
         .filter_map(|(name, i)| match i {
@@ -226,9 +226,12 @@ fn execute(job: &Job, events: &Sender<Event>, started: Instant) -> anyhow::Resul
     Ok(Outcome::Ran(record, duration_ms))
 }
 
+/// Size and modification time.
+type Stamp = (u64, std::time::SystemTime);
+
 /// Size and mtime of a file (for directories, of the directory entry itself, which changes when entries are
 /// added or removed; edits deeper down are not seen).
-fn stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
+fn stamp(path: &std::path::Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()?))
 }
