@@ -1,9 +1,13 @@
 //! Resolving what a stage `uses` to the code that runs it, and that code's identity for the key.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cache::{ObjectDigest, StatIndex};
 
 use crate::builtin::{Builtin, ParamError};
 use crate::plan::key::BackendIdentity;
+use crate::plugin::{Found, Registry, Source};
 use crate::study::{Stage, Study, StudyError, Uses, locate_param};
 
 /// Every built-in stage kind.
@@ -12,23 +16,38 @@ pub fn builtins() -> [&'static dyn Builtin; 2] {
 }
 
 /// The code that runs a stage.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub enum Backend {
     /// A built-in, run in-process.
     Builtin(&'static dyn Builtin),
+    /// An op of a plugin, run in a worker process.
+    Plugin(Arc<PluginOp>),
+}
+
+/// A plugin op a stage uses.
+#[derive(Debug)]
+pub struct PluginOp {
+    /// The plugin, as discovery found it.
+    pub found: Found,
+    /// The op.
+    pub op: String,
+    /// sha256 of the plugin's library file (`None` for plugins linked into rto, identified by rto's version).
+    pub digest: Option<ObjectDigest>,
 }
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Backend::Builtin(b) => write!(f, "Builtin({})", b.name()),
+            Backend::Plugin(p) => write!(f, "Plugin({}:{})", p.found.name, p.op),
         }
     }
 }
 
 impl Backend {
-    /// Resolves the stage's `uses` and validates its params, with errors located in the study.
-    pub fn resolve(study: &Study, stage: &Stage) -> Result<Backend, StudyError> {
+    /// Resolves the stage's `uses` and validates built-ins' params, with errors located in the study. A
+    /// plugin's library is hashed (through the stat index) for its identity, but not loaded.
+    pub fn resolve(study: &Study, stage: &Stage, plugins: &Registry, index: &StatIndex) -> Result<Backend, StudyError> {
         match &stage.uses {
             Uses::Builtin(name) => {
                 let Some(b) = builtins().into_iter().find(|b| b.name() == name) else {
@@ -45,13 +64,53 @@ impl Backend {
                 b.validate(&stage.params, &names).map_err(|e| param_error(study, stage, e))?;
                 Ok(Backend::Builtin(b))
             }
-            Uses::Plugin { plugin, .. } => Err(StudyError::at(
-                &study.source,
-                stage.origin.uses.clone(),
-                format!("plugin `{plugin}` not found"),
-                "used here",
-            )
-            .with_help("this rto has no plugin system yet; built-ins are `command` and `dataset`")),
+            Uses::Plugin { plugin, op } => {
+                let Some(found) = plugins.find(plugin) else {
+                    let known = plugins.plugins.iter().map(|p| format!("`{}`", p.name)).collect::<Vec<_>>();
+                    let mut help = if known.is_empty() {
+                        "no plugins were found; see `rto plugins` for where rto looks".to_string()
+                    } else {
+                        format!("plugins found: {} (see `rto plugins`)", known.join(", "))
+                    };
+                    for problem in &plugins.problems {
+                        help.push_str(&format!("\nskipped: {problem}"));
+                    }
+                    return Err(StudyError::at(
+                        &study.source,
+                        stage.origin.uses.clone(),
+                        format!("plugin `{plugin}` not found"),
+                        "used here",
+                    )
+                    .with_help(help));
+                };
+                if !found.ops.iter().any(|o| o == op) {
+                    let ops = found.ops.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ");
+                    return Err(StudyError::at(
+                        &study.source,
+                        stage.origin.uses.clone(),
+                        format!("plugin `{plugin}` has no op `{op}`"),
+                        "here",
+                    )
+                    .with_help(format!("its ops are {ops}")));
+                }
+                let digest = match &found.source {
+                    Source::Linked => None,
+                    Source::Library { library, .. } => Some(
+                        index
+                            .artifact_of(library)
+                            .map_err(|e| {
+                                StudyError::at(
+                                    &study.source,
+                                    stage.origin.uses.clone(),
+                                    format!("cannot hash plugin `{plugin}`: {e}"),
+                                    "here",
+                                )
+                            })?
+                            .digest,
+                    ),
+                };
+                Ok(Backend::Plugin(Arc::new(PluginOp { found: found.clone(), op: op.clone(), digest })))
+            }
         }
     }
 
@@ -62,6 +121,15 @@ impl Backend {
                 name: format!("builtin:{}", b.name()),
                 version: format!("{}+r{}", env!("CARGO_PKG_VERSION"), b.revision()),
                 digest: None,
+            },
+            Backend::Plugin(p) => BackendIdentity {
+                name: p.found.name.clone(),
+                version: match p.found.source {
+                    // A linked plugin changes with the binary it is linked into.
+                    Source::Linked => format!("{}+rto-{}", p.found.version, env!("CARGO_PKG_VERSION")),
+                    Source::Library { .. } => p.found.version.clone(),
+                },
+                digest: p.digest,
             },
         }
     }

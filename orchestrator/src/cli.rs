@@ -25,6 +25,9 @@ pub struct Cli {
     /// Output format of reports
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub format: Format,
+    /// Also look for plugins in this directory (searched first; repeatable)
+    #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
+    pub plugin_dirs: Vec<PathBuf>,
     /// What to do
     #[command(subcommand)]
     pub command: Command,
@@ -98,6 +101,31 @@ pub enum Command {
     },
     /// Re-hash every object; quarantine what is corrupt
     Verify,
+    /// List the plugins rto finds (or check one library)
+    Plugins {
+        /// What to do
+        #[command(subcommand)]
+        action: Option<PluginsAction>,
+    },
+    /// Run one plugin op in this process (used by `rto run`; not for people)
+    #[command(hide = true)]
+    Worker {
+        /// The op
+        #[arg(long)]
+        op: String,
+        /// The request file (JSON)
+        #[arg(long)]
+        request: PathBuf,
+        /// Where to write the result (JSON)
+        #[arg(long)]
+        result: PathBuf,
+        /// A plugin library to load
+        #[arg(long, conflicts_with = "linked")]
+        library: Option<PathBuf>,
+        /// A plugin linked into rto
+        #[arg(long)]
+        linked: Option<String>,
+    },
     /// Free cache space that no study references
     Gc {
         /// Keep only what these studies' current stages use [default: keep the last run of every stage]
@@ -110,6 +138,19 @@ pub enum Command {
         grace: std::time::Duration,
     },
 }
+
+/// `rto plugins …`.
+#[derive(Debug, Subcommand)]
+pub enum PluginsAction {
+    /// Load a plugin library (or the library a manifest names) in a worker and run the handshake
+    Check {
+        /// A library (`.so`) or its `rto-plugin.toml`
+        path: PathBuf,
+    },
+}
+
+/// Plugins linked into this `rto` binary (set once by `main`).
+static LINKED: std::sync::OnceLock<Vec<crate::plugin::LinkedPlugin>> = std::sync::OnceLock::new();
 
 /// An error that reaches `main`, classified: the class picks the exit code.
 #[derive(Debug)]
@@ -144,8 +185,9 @@ impl From<cache::StoreError> for Failure {
     }
 }
 
-/// Runs the parsed command line.
-pub fn main(cli: Cli) -> ExitCode {
+/// Runs the parsed command line; `linked` are the plugins linked into the binary.
+pub fn main(cli: Cli, linked: &[crate::plugin::LinkedPlugin]) -> ExitCode {
+    let _ = LINKED.set(linked.to_vec());
     let result = match &cli.command {
         Command::Run { study, only, force, jobs, keep_going, dry_run, gpus, all } => {
             let opts = (only, force, *jobs, *keep_going, *dry_run, gpus.clone(), *all);
@@ -157,6 +199,17 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Log { study, stage } => log(&cli, study, stage),
         Command::Verify => verify(&cli),
         Command::Gc { studies, dry_run, grace } => gc(&cli, studies, *dry_run, *grace),
+        Command::Plugins { action: None } => plugins_list(&cli),
+        Command::Plugins { action: Some(PluginsAction::Check { path }) } => plugins_check(&cli, path),
+        Command::Worker { op, request, result, library, linked } => {
+            let which = match (library, linked) {
+                (Some(l), _) => crate::plugin::worker::Which::Library(l.clone()),
+                (None, Some(n)) => crate::plugin::worker::Which::Linked(n.clone()),
+                (None, None) => return ExitCode::from(2),
+            };
+            let code = crate::plugin::worker::main(&which, op, request, result, linked_plugins());
+            return ExitCode::from(code.clamp(0, 255) as u8);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -174,6 +227,110 @@ pub fn main(cli: Cli) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn linked_plugins() -> &'static [crate::plugin::LinkedPlugin] {
+    LINKED.get().map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// The plugins this command line and study can see.
+fn registry(cli: &Cli, study: Option<&Study>) -> crate::plugin::Registry {
+    let dirs =
+        crate::plugin::registry::search_dirs(&cli.plugin_dirs, study.map(|s| s.plugin_dirs.as_slice()).unwrap_or(&[]));
+    crate::plugin::Registry::discover(&dirs, linked_plugins())
+}
+
+fn plugins_list(cli: &Cli) -> Result<(), Failure> {
+    let reg = registry(cli, None);
+    if cli.format == Format::Json {
+        let list: Vec<serde_json::Value> = reg
+            .plugins
+            .iter()
+            .map(|p| {
+                let (source, path) = match &p.source {
+                    crate::plugin::Source::Linked => ("linked into rto".to_string(), None),
+                    crate::plugin::Source::Library { library, origin, .. } => (origin.clone(), Some(library.clone())),
+                };
+                serde_json::json!({"name": p.name, "version": p.version, "kind": p.kind, "ops": p.ops, "source": source, "library": path})
+            })
+            .collect();
+        let out = serde_json::json!({"plugins": list, "problems": reg.problems});
+        println!("{}", serde_json::to_string_pretty(&out).context("cannot serialise")?);
+        return Ok(());
+    }
+    println!("{:<16} {:<10} {:<6} {:<34} FROM", "NAME", "VERSION", "KIND", "OPS");
+    for p in &reg.plugins {
+        let from = match &p.source {
+            crate::plugin::Source::Linked => "linked into rto".to_string(),
+            crate::plugin::Source::Library { library, origin, .. } => format!("{} ({origin})", library.display()),
+        };
+        println!("{:<16} {:<10} {:<6} {:<34} {from}", p.name, p.version, p.kind, p.ops.join(", "));
+    }
+    for problem in &reg.problems {
+        println!("skipped: {problem}");
+    }
+    let dirs = crate::plugin::registry::search_dirs(&cli.plugin_dirs, &[]);
+    let shown: Vec<String> = dirs.iter().map(|(d, o)| format!("{} ({o})", d.display())).collect();
+    println!("searched: {}", shown.join(", "));
+    Ok(())
+}
+
+fn plugins_check(cli: &Cli, path: &Path) -> Result<(), Failure> {
+    let library = if path.extension().is_some_and(|e| e == "toml") {
+        let m = crate::plugin::manifest::Manifest::read(path).map_err(Failure::Usage)?;
+        m.library_path(path)
+    } else {
+        path.to_path_buf()
+    };
+    let library = std::path::absolute(&library).unwrap_or(library);
+    if !library.is_file() {
+        return Err(Failure::Usage(format!("`{}` does not exist", library.display())));
+    }
+    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let request = api::protocol::Request {
+        protocol: api::protocol::PROTOCOL_VERSION.into(),
+        stage_id: "check".into(),
+        params: serde_json::json!({}),
+        inputs: Default::default(),
+        out_dir: tmp.path().into(),
+        scratch_dir: tmp.path().into(),
+        gpus: vec![],
+        validate_only: true,
+    };
+    let mut log = Vec::new();
+    let which = crate::plugin::worker::Which::Library(library.clone());
+    let ended =
+        crate::plugin::worker::run(&which, "describe", &request, tmp.path(), &mut log, &|_, _| {}, &|| false, None)?;
+    use crate::plugin::worker::Ended;
+    match ended {
+        Ended::Ok(description) => {
+            match cli.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&description).context("cannot serialise")?),
+                Format::Text => {
+                    let d: api::protocol::Description =
+                        serde_json::from_value(description).context("the worker's description does not parse")?;
+                    let ops: Vec<&str> = d.ops.iter().map(|o| o.name.as_str()).collect();
+                    println!(
+                        "`{}`: plugin `{}` {} ({}, protocol {}), ops: {}",
+                        library.display(),
+                        d.name,
+                        d.version,
+                        d.kind,
+                        d.protocol,
+                        ops.join(", ")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Ended::OpError { reply, .. } => Err(Failure::Other(anyhow::anyhow!("{}", reply.message))),
+        Ended::Crashed(why) => Err(Failure::Other(anyhow::anyhow!(
+            "loading `{}` crashed the worker: {why}\n{}",
+            library.display(),
+            String::from_utf8_lossy(&log).trim()
+        ))),
+        Ended::Cancelled | Ended::TimedOut(_) => Err(Failure::Other(anyhow::anyhow!("the check was interrupted"))),
     }
 }
 
@@ -265,7 +422,7 @@ fn run(
     let index = StatIndex::load_at(&dir);
     let downloads = dir.join("downloads");
     let remotes = if dry_run { Remotes::CachedOnly(&downloads) } else { Remotes::Fetch(&downloads) };
-    let planned = Planned::new(&study, &index, remotes)?;
+    let planned = Planned::new(&study, &index, remotes, &registry(cli, Some(&study)))?;
     let (store, _tmp) =
         if dry_run { reading_store(cli, Some(&study))? } else { (open_store(cli, Some(&study))?, None) };
     let _in_use = if dry_run { None } else { Some(store.use_shared()?) };
@@ -310,7 +467,7 @@ fn plan_summary(cli: &Cli, study: &Study) -> Result<Reading, Failure> {
     let dir = store_dir(cli, Some(study));
     let index = StatIndex::load_at(&dir);
     let downloads = dir.join("downloads");
-    let planned = Planned::new(study, &index, Remotes::CachedOnly(&downloads))?;
+    let planned = Planned::new(study, &index, Remotes::CachedOnly(&downloads), &registry(cli, Some(study)))?;
     let (store, tmp) = reading_store(cli, Some(study))?;
     let mut opts = options(study, true);
     opts.progress = false;
@@ -343,7 +500,8 @@ fn why(cli: &Cli, path: &Path, id: &str) -> Result<(), Failure> {
     let current = s.key.as_ref().and_then(|_| {
         let index = StatIndex::load(&store);
         let downloads = store.root().join("downloads");
-        let planned = Planned::new(&study, &index, Remotes::CachedOnly(&downloads)).ok()?;
+        let planned =
+            Planned::new(&study, &index, Remotes::CachedOnly(&downloads), &registry(cli, Some(&study))).ok()?;
         let mut outputs = vec![None; study.stages.len()];
         for (j, st) in study.stages.iter().enumerate() {
             let sum = summary.stages.iter().find(|x| x.id == st.id)?;

@@ -10,6 +10,7 @@ pub mod builtin;
 pub mod cli;
 pub mod exec;
 pub mod plan;
+pub mod plugin;
 pub mod remote;
 pub mod render;
 pub mod study;

@@ -49,6 +49,8 @@ fn dependency_directions() {
     for (name, (dir, deps)) in &ws {
         for dep in deps {
             let internal = members.contains(&dep);
+            // The ABI crate is shared by host and plugins, so it depends on nothing of either.
+            assert!(!(name == "api" && internal), "`api` ({dir}) must not depend on `{dep}`");
             // The store knows nothing of studies or plugins.
             assert!(!(name == "cache" && internal), "`cache` ({dir}) must not depend on `{dep}`");
             // Nothing depends on the orchestrator; plugins talk to it through the ABI.

@@ -7,6 +7,7 @@ mod errors;
 mod incremental;
 mod keys;
 mod maintenance;
+mod plugins;
 mod remote;
 mod resources;
 mod support;

@@ -275,7 +275,8 @@ pub fn execute(
             let job = Job {
                 index: i,
                 id: stage.id.clone(),
-                backend: planned.backends[i],
+                backend: planned.backends[i].clone(),
+                timeout: stage.resources.timeout,
                 params: stage.params.clone(),
                 inputs,
                 preimage,

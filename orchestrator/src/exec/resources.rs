@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn reserves_and_releases() {
         let mut pool = Pool::new(vec!["0".into(), "1".into()], 4, 1000);
-        let need = |gpus, cpus, memory| Resources { gpus, cpus, memory };
+        let need = |gpus, cpus, memory| Resources { gpus, cpus, memory, timeout: None };
         let a = pool.try_reserve(&need(1, 2, 600)).unwrap();
         assert_eq!(a.gpus, ["0"]);
         assert!(pool.try_reserve(&need(0, 1, 600)).is_none(), "memory is taken");

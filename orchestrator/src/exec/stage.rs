@@ -25,6 +25,8 @@ pub struct Job {
     pub id: String,
     /// Its back-end.
     pub backend: Backend,
+    /// Wall-clock limit for a plugin op.
+    pub timeout: Option<std::time::Duration>,
     /// Canonical params.
     pub params: serde_json::Value,
     /// Input name → where its content is: a file of the study, or an artifact in the store.
@@ -162,28 +164,30 @@ fn execute(job: &Job, events: &Sender<Event>, started: Instant) -> anyhow::Resul
             JobInput::Artifact(..) => None,
         })
         .collect();
-    let Backend::Builtin(builtin) = job.backend;
     let progress = |done: u64, total: u64| {
         let _ = events.send(Event::Progress(index, done, total));
     };
     if !job.gpus.is_empty() {
         writeln!(log, "# CUDA_VISIBLE_DEVICES={}", job.gpus.join(","))?;
     }
-    let result = {
-        let mut ctx = StageContext {
-            stage_id: &job.id,
-            params: &job.params,
-            inputs: &inputs,
-            out_dir: &out_dir,
-            scratch_dir: &work_dir,
-            gpus: &job.gpus,
-            log: &mut log,
-            progress: &progress,
-            cancelled: &cancelled,
-        };
-        std::panic::catch_unwind(AssertUnwindSafe(|| builtin.run(&mut ctx))).unwrap_or_else(|panic| {
-            Err(anyhow::anyhow!("built-in `{}` panicked: {}", builtin.name(), panic_text(&panic)))
-        })
+    let result = match &job.backend {
+        Backend::Builtin(builtin) => {
+            let mut ctx = StageContext {
+                stage_id: &job.id,
+                params: &job.params,
+                inputs: &inputs,
+                out_dir: &out_dir,
+                scratch_dir: &work_dir,
+                gpus: &job.gpus,
+                log: &mut log,
+                progress: &progress,
+                cancelled: &cancelled,
+            };
+            std::panic::catch_unwind(AssertUnwindSafe(|| builtin.run(&mut ctx))).unwrap_or_else(|panic| {
+                Err(anyhow::anyhow!("built-in `{}` panicked: {}", builtin.name(), panic_text(&panic)))
+            })
+        }
+        Backend::Plugin(p) => run_plugin(job, p, &inputs, &out_dir, scratch.path(), &mut log, &progress, &cancelled),
     };
     if let Err(e) = result {
         let _ = writeln!(log, "# failed: {e:#}");
@@ -234,6 +238,56 @@ type Stamp = (u64, std::time::SystemTime);
 fn stamp(path: &std::path::Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()?))
+}
+
+/// Runs a plugin op in a worker process. Its scratch directory is per action key and survives a failed or
+/// interrupted attempt, so an op can resume from its own checkpoints; it is removed once the action succeeds.
+#[allow(clippy::too_many_arguments)]
+fn run_plugin(
+    job: &Job,
+    p: &crate::backend::PluginOp,
+    inputs: &BTreeMap<String, PathBuf>,
+    out_dir: &std::path::Path,
+    attempt_dir: &std::path::Path,
+    log: &mut std::fs::File,
+    progress: &dyn Fn(u64, u64),
+    cancelled: &dyn Fn() -> bool,
+) -> anyhow::Result<()> {
+    use crate::plugin::worker::{self, Ended, Which};
+    let which = match &p.found.source {
+        crate::plugin::Source::Library { library, .. } => Which::Library(library.clone()),
+        crate::plugin::Source::Linked => Which::Linked(p.found.name.clone()),
+    };
+    let resume_dir = job.store.root().join("tmp").join(format!("resume-{}", job.key.to_hex()));
+    std::fs::create_dir_all(&resume_dir)?;
+    let request = api::protocol::Request {
+        protocol: api::protocol::PROTOCOL_VERSION.into(),
+        stage_id: job.id.clone(),
+        params: job.params.clone(),
+        inputs: inputs.clone(),
+        out_dir: out_dir.to_path_buf(),
+        scratch_dir: resume_dir.clone(),
+        gpus: job.gpus.clone(),
+        validate_only: false,
+    };
+    let label = format!("{}:{}", p.found.name, p.op);
+    match worker::run(&which, &p.op, &request, attempt_dir, log, progress, cancelled, job.timeout)? {
+        Ended::Ok(_) => {
+            let _ = std::fs::remove_dir_all(&resume_dir);
+            Ok(())
+        }
+        Ended::OpError { status, reply } => match reply.param_path {
+            Some(path) if status == api::ffi::STATUS_BAD_INPUT => {
+                anyhow::bail!("`{label}`: `params.{}`: {}", path.join("."), reply.message)
+            }
+            _ => anyhow::bail!("`{label}`: {}", reply.message),
+        },
+        Ended::Crashed(why) => anyhow::bail!("`{label}`: {why}"),
+        Ended::Cancelled => anyhow::bail!("cancelled"),
+        Ended::TimedOut(limit) => {
+            anyhow::bail!("`{label}` ran past its timeout of {} and was stopped", humantime::format_duration(limit))
+        }
+    }
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -66,9 +66,15 @@ pub struct MissingOutput {
 impl<'s> Planned<'s> {
     /// Builds the DAG, resolves back-ends (validating params) and hashes file inputs. Touches the cache only
     /// to read and extend the stat index.
-    pub fn new(study: &'s Study, index: &StatIndex, remotes: Remotes<'_>) -> Result<Planned<'s>, StudyError> {
+    pub fn new(
+        study: &'s Study,
+        index: &StatIndex,
+        remotes: Remotes<'_>,
+        plugins: &crate::plugin::Registry,
+    ) -> Result<Planned<'s>, StudyError> {
         let dag = graph::build(study)?;
-        let backends = study.stages.iter().map(|s| Backend::resolve(study, s)).collect::<Result<Vec<_>, _>>()?;
+        let backends =
+            study.stages.iter().map(|s| Backend::resolve(study, s, plugins, index)).collect::<Result<Vec<_>, _>>()?;
         let mut files = HashMap::new();
         let mut fetched: HashMap<Remote, Option<PathBuf>> = HashMap::new();
         for stage in &study.stages {

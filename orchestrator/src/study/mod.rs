@@ -31,6 +31,8 @@ pub struct Study {
     pub name: String,
     /// `[study] description`.
     pub description: Option<String>,
+    /// `[plugins] dirs`, absolute.
+    pub plugin_dirs: Vec<PathBuf>,
     /// The study file, absolute.
     pub path: PathBuf,
     /// The directory relative paths in the study are resolved against.
@@ -126,6 +128,8 @@ pub enum InputSource {
 /// Resources a stage needs while it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Resources {
+    /// Wall-clock limit of a plugin op (the worker is killed after it).
+    pub timeout: Option<std::time::Duration>,
     /// Whole GPUs.
     pub gpus: u32,
     /// CPU cores (at least 1).
@@ -253,7 +257,8 @@ pub fn load(path: &Path, text: String) -> Result<Study, StudyError> {
         }
     }
     let description = raw.study.as_ref().and_then(|m| m.get_ref().description.clone());
-    Ok(Study { name, description, path: path.to_path_buf(), dir, source, stages })
+    let plugin_dirs = raw.plugins.as_ref().map(|p| p.dirs.iter().map(|d| dir.join(d)).collect()).unwrap_or_default();
+    Ok(Study { name, description, plugin_dirs, path: path.to_path_buf(), dir, source, stages })
 }
 
 fn expand_stage(
@@ -391,7 +396,7 @@ fn parse_uses(text: &str) -> Result<Uses, String> {
 }
 
 fn resources(source: &Source, raw: Option<&Spanned<raw::RawResources>>) -> Result<Resources, StudyError> {
-    let mut r = Resources { gpus: 0, cpus: 1, memory: 0 };
+    let mut r = Resources { gpus: 0, cpus: 1, memory: 0, timeout: None };
     let Some(raw) = raw else { return Ok(r) };
     let count = |v: &Option<Spanned<i64>>, what: &str, min: i64| -> Result<Option<u32>, StudyError> {
         match v {
@@ -407,6 +412,12 @@ fn resources(source: &Source, raw: Option<&Spanned<raw::RawResources>>) -> Resul
     }
     if let Some(c) = count(&raw.get_ref().cpus, "cpus", 1)? {
         r.cpus = c;
+    }
+    if let Some(t) = &raw.get_ref().timeout {
+        r.timeout = Some(humantime::parse_duration(t.get_ref()).map_err(|e| {
+            StudyError::at(source, t.span(), format!("`timeout`: {e}"), "here")
+                .with_help("write e.g. \"90s\", \"30min\", \"2h\"")
+        })?);
     }
     if let Some(m) = &raw.get_ref().memory {
         r.memory = parse_memory(m.get_ref()).ok_or_else(|| {

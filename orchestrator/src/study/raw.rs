@@ -16,9 +16,20 @@ pub struct RawStudy {
     /// `[vars]`: constants usable as `{name}` anywhere interpolation happens.
     #[serde(default)]
     pub vars: BTreeMap<String, Spanned<toml::Value>>,
+    /// `[plugins]`: where to look for plugins (besides `--plugin-dir`, `RTO_PLUGIN_PATH`, …).
+    pub plugins: Option<RawPlugins>,
     /// `[[stage]]` tables, in file order.
     #[serde(default)]
     pub stage: Vec<Spanned<RawStage>>,
+}
+
+/// `[plugins]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugins {
+    /// Directories, relative to the study file.
+    #[serde(default)]
+    pub dirs: Vec<String>,
 }
 
 /// `[study]`.
@@ -89,4 +100,6 @@ pub struct RawResources {
     pub cpus: Option<Spanned<i64>>,
     /// Memory: bytes, or a string such as `"512MiB"`, `"16GiB"`, `"2GB"`.
     pub memory: Option<Spanned<toml::Value>>,
+    /// Wall-clock limit of a plugin op, e.g. `"2h"`, `"30min"`.
+    pub timeout: Option<Spanned<String>>,
 }

@@ -1,0 +1,58 @@
+//! A well-behaved test plugin whose ops misbehave on request: `copy` (the normal case), `fail`, `panic`,
+//! `abort`, `sleep` (until cancelled) and `exit` (the process exits under the host's feet).
+
+use api::{Backend, Error, Kind, OpContext};
+
+/// The fixture back-end.
+pub struct Fixture;
+
+impl Backend for Fixture {
+    const NAME: &'static str = "fixture";
+    const VERSION: &'static str = "0.1.0";
+    const KIND: Kind = Kind::Judge;
+
+    fn ops() -> Vec<api::protocol::OpInfo> {
+        ["copy", "fail", "panic", "abort", "sleep"].iter().map(|o| api::op(o, "a fixture op")).collect()
+    }
+
+    fn create(_: &serde_json::Value) -> Result<Self, Error> {
+        Ok(Fixture)
+    }
+
+    fn validate(&self, op: &str, params: &serde_json::Value, inputs: &[String]) -> Result<(), Error> {
+        if let Some(t) = params.get("times")
+            && !t.is_u64()
+        {
+            return Err(Error::param(&["times"], "`times` must be a whole number, e.g. `times = 2`"));
+        }
+        if op == "copy" && !inputs.iter().any(|i| i == "in") {
+            return Err(Error::param(&[], "`copy` needs an input named `in`"));
+        }
+        Ok(())
+    }
+
+    fn invoke(&mut self, op: &str, ctx: &mut OpContext<'_>) -> Result<serde_json::Value, Error> {
+        match op {
+            "copy" => {
+                let times = ctx.params.get("times").and_then(|t| t.as_u64()).unwrap_or(1);
+                let text = std::fs::read_to_string(ctx.input("in")?)?;
+                ctx.log(&format!("copying {} bytes {times} times", text.len()));
+                ctx.progress(1, 1);
+                std::fs::write(ctx.out_dir.join("copy.txt"), text.repeat(times as usize))?;
+                Ok(serde_json::json!({"bytes": text.len() as u64 * times}))
+            }
+            "fail" => Err(Error::Failed("the fixture failed on purpose".into())),
+            "panic" => panic!("the fixture panicked on purpose"),
+            "abort" => std::process::abort(),
+            _ => {
+                ctx.log("sleeping until cancelled");
+                while !ctx.cancelled() {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(Error::Cancelled)
+            }
+        }
+    }
+}
+
+api::export_plugin!(Fixture);

@@ -1,0 +1,5 @@
+//! `judge-rules` as a loadable plugin library: `librto_judge_rules.so`, described by the `rto-plugin.toml` beside
+//! this crate. The backend lives in the `judge-rules` rlib, which rto also links in directly; only this crate
+//! exports the `rto_plugin_v1` symbol, because at most one crate of a linked program may.
+
+api::export_descriptor!(judge_rules::descriptor);

@@ -1,0 +1,209 @@
+//! Params of each op, parsed once by one function that both `validate` and `invoke` call, so a stage that
+//! validates cannot fail later on a param.
+
+use api::Error;
+use serde_json::{Map, Value};
+
+use crate::{EXTENDED_PHRASES, XSTEST_PREFIXES};
+
+/// Where `refusal` looks for its strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Only `prefixes`, at the start of the response: XSTest's string-match classifier.
+    Prefix,
+    /// Only `phrases`, anywhere in the response.
+    Anywhere,
+    /// Both.
+    Both,
+}
+
+impl Mode {
+    /// The name a study writes.
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Prefix => "prefix",
+            Mode::Anywhere => "anywhere",
+            Mode::Both => "both",
+        }
+    }
+}
+
+/// `refusal`'s params.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    pub prefixes: Vec<String>,
+    pub phrases: Vec<String>,
+    pub mode: Mode,
+    pub field: String,
+    pub fold_quotes: bool,
+}
+
+/// `exact-match`'s params.
+#[derive(Debug, Clone)]
+pub(crate) struct ExactMatch {
+    pub normalise: bool,
+    pub field: String,
+}
+
+/// `length`'s params.
+#[derive(Debug, Clone)]
+pub(crate) struct Length {
+    pub field: String,
+}
+
+/// An op with its parsed params.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Refusal(Refusal),
+    ExactMatch(ExactMatch),
+    Length(Length),
+}
+
+impl Op {
+    /// Parses `params` for `op`; every error points at the offending param.
+    pub fn parse(op: &str, params: &Value) -> Result<Op, Error> {
+        match op {
+            "refusal" => {
+                let p = table(op, params, &["field", "fold_quotes", "mode", "phrases", "prefixes"])?;
+                let mode = match string(&p, "mode")?.as_deref() {
+                    None | Some("both") => Mode::Both,
+                    Some("prefix") => Mode::Prefix,
+                    Some("anywhere") => Mode::Anywhere,
+                    Some(other) => {
+                        return Err(Error::param(
+                            &["mode"],
+                            format!("unknown mode `{other}`; valid modes: \"prefix\", \"anywhere\", \"both\""),
+                        ));
+                    }
+                };
+                let prefixes = strings(&p, "prefixes")?.unwrap_or_else(|| owned(XSTEST_PREFIXES));
+                let phrases = strings(&p, "phrases")?.unwrap_or_else(|| owned(EXTENDED_PHRASES));
+                // A judge that can never say "refusal" is a misconfiguration, not a result of 0%.
+                let never = match mode {
+                    Mode::Prefix => prefixes.is_empty().then_some("prefixes"),
+                    Mode::Anywhere => phrases.is_empty().then_some("phrases"),
+                    Mode::Both => (prefixes.is_empty() && phrases.is_empty()).then_some("prefixes"),
+                };
+                if let Some(key) = never {
+                    return Err(Error::param(
+                        &[key],
+                        format!("`{key}` is empty in mode `{}`, so no response could ever be a refusal", mode.name()),
+                    ));
+                }
+                Ok(Op::Refusal(Refusal {
+                    prefixes,
+                    phrases,
+                    mode,
+                    field: field(&p)?,
+                    fold_quotes: boolean(&p, "fold_quotes")?.unwrap_or(true),
+                }))
+            }
+            "exact-match" => {
+                let p = table(op, params, &["field", "normalise"])?;
+                Ok(Op::ExactMatch(ExactMatch {
+                    normalise: boolean(&p, "normalise")?.unwrap_or(true),
+                    field: field(&p)?,
+                }))
+            }
+            "length" => {
+                let p = table(op, params, &["field"])?;
+                Ok(Op::Length(Length { field: field(&p)? }))
+            }
+            other => {
+                Err(Error::Failed(format!("judge-rules has no op `{other}`; its ops: refusal, exact-match, length")))
+            }
+        }
+    }
+
+    /// The inputs the op reads, all required.
+    pub fn inputs(&self) -> &'static [&'static str] {
+        match self {
+            Op::Refusal(_) | Op::Length(_) => &["responses"],
+            Op::ExactMatch(_) => &["responses", "references"],
+        }
+    }
+}
+
+fn owned(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// The params as a table (null counts as empty), refusing keys outside `valid`.
+fn table(op: &str, params: &Value, valid: &[&str]) -> Result<Map<String, Value>, Error> {
+    let map = match params {
+        Value::Null => Map::new(),
+        Value::Object(m) => m.clone(),
+        other => return Err(Error::param(&[], format!("params of `{op}` must be a table, not {}", kind(other)))),
+    };
+    // Sorted, so that with several unknown keys the same one is named every time.
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    if let Some(key) = keys.into_iter().find(|k| !valid.contains(&k.as_str())) {
+        return Err(Error::param(
+            &[key],
+            format!("unknown param `{key}` for `judge-rules:{op}`; valid params: {}", valid.join(", ")),
+        ));
+    }
+    Ok(map)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a table",
+    }
+}
+
+fn string(p: &Map<String, Value>, key: &str) -> Result<Option<String>, Error> {
+    match p.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(Error::param(&[key], format!("`{key}` must be a string, not {}", kind(other)))),
+    }
+}
+
+fn boolean(p: &Map<String, Value>, key: &str) -> Result<Option<bool>, Error> {
+    match p.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(Error::param(&[key], format!("`{key}` must be true or false, not {}", kind(other)))),
+    }
+}
+
+/// A list of non-blank strings (a blank one would match every response).
+fn strings(p: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>, Error> {
+    let Some(value) = p.get(key) else { return Ok(None) };
+    let Value::Array(items) = value else {
+        return Err(Error::param(&[key], format!("`{key}` must be a list of strings, not {}", kind(value))));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let index = i.to_string();
+        match item {
+            Value::String(s) if !s.trim().is_empty() => out.push(s.clone()),
+            Value::String(_) => {
+                return Err(Error::param(&[key, &index], format!("`{key}[{i}]` is blank and would match everything")));
+            }
+            other => {
+                return Err(Error::param(
+                    &[key, &index],
+                    format!("`{key}[{i}]` must be a string, not {}", kind(other)),
+                ));
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The response field: a non-empty string, `response` by default.
+fn field(p: &Map<String, Value>) -> Result<String, Error> {
+    match string(p, "field")? {
+        None => Ok("response".into()),
+        Some(f) if f.is_empty() => Err(Error::param(&["field"], "`field` must name a field, not be empty")),
+        Some(f) => Ok(f),
+    }
+}
