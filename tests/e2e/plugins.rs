@@ -12,7 +12,14 @@ fn libraries() -> &'static std::collections::BTreeMap<String, PathBuf> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO"));
         cmd.args(["build", "--message-format=json-render-diagnostics"]);
-        for p in ["fixture-ok", "fixture-bad-magic", "fixture-bad-abi", "fixture-no-symbol", "judge-rules-cdylib"] {
+        for p in [
+            "fixture-ok",
+            "fixture-bad-magic",
+            "fixture-bad-abi",
+            "fixture-no-symbol",
+            "judge-rules-cdylib",
+            "example-plugin",
+        ] {
             cmd.args(["-p", p]);
         }
         let out = cmd.current_dir(root).output().unwrap();
@@ -207,4 +214,20 @@ inputs = { responses = "responses.jsonl" }
     assert_eq!(summary["refusals"], 1);
     let items = p.read("results/study/refusals/items.jsonl");
     assert!(items.lines().next().unwrap().contains("\"verdict\":\"refusal\""), "{items}");
+}
+
+#[test]
+fn the_template_plugin_of_the_readme_builds_and_runs_in_a_study() {
+    let p = Project::new(
+        "[[stage]]\nid = \"pick\"\nuses = \"example:longest\"\ninputs = { responses = \"r.jsonl\" }\n",
+        &[("r.jsonl", "{\"id\": \"a\", \"response\": \"short\"}\n{\"id\": \"b\", \"response\": \"much longer\"}\n")],
+    );
+    let dir = p.path("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&libraries()["rto_example"], dir.join("librto_example.so")).unwrap();
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/example-plugin/rto-plugin.toml");
+    std::fs::copy(manifest, dir.join("rto-plugin.toml")).unwrap();
+    let out = p.rto(&["--plugin-dir", "plugins", "--format", "json", "run", "study.toml"]).expect_code(0);
+    assert_eq!(out.with_status("ran"), ["pick"]);
+    assert_eq!(p.read("results/study/pick/longest.json"), r#"{"field":"response","longest":"b"}"#);
 }
