@@ -1,0 +1,1 @@
+//! Placeholder until candle-lm declares its descriptor.
