@@ -135,7 +135,11 @@ fn a_bad_param_is_named_and_a_timeout_stops_the_worker() {
     let p = Project::new(study, &[("in.txt", "x")]);
     install_fixture(&p);
     let out = p.rto(&["run", "study.toml", "--keep-going"]).expect_code(1);
-    assert!(out.stderr.contains("`params.times`: `times` must be a whole number"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("study.toml:7:20: stage `c`: `params.times`: `times` must be a whole number"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("`fixture:sleep` ran past its timeout of 1s"), "{}", out.stderr);
 }
 

@@ -47,6 +47,18 @@ pub struct ParamError {
     pub message: String,
 }
 
+impl std::fmt::Display for ParamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "`params`: {}", self.message)
+        } else {
+            write!(f, "`params.{}`: {}", self.path.join("."), self.message)
+        }
+    }
+}
+
+impl std::error::Error for ParamError {}
+
 impl ParamError {
     /// An error at `path` (segments joined as given) with `message`.
     pub fn new(path: &[&str], message: impl Into<String>) -> Self {

@@ -360,7 +360,14 @@ pub fn execute(
                         state[i] = State::Done;
                         summaries[i] = Some(StageSummary { status, duration_ms: duration, log, ..s });
                     }
-                    Outcome::Failed { error, log_tail, duration_ms, interrupted } => {
+                    Outcome::Failed { error, param, log_tail, duration_ms, interrupted } => {
+                        // A plugin's bad param: point at it in the study, as for built-ins at plan time.
+                        let error = match param {
+                            Some(p) => {
+                                crate::render::one_line(&crate::backend::param_error(study, &study.stages[i], p))
+                            }
+                            None => error,
+                        };
                         let status = if interrupted { Status::Interrupted } else { Status::Failed };
                         ui.fail(i, &study.stages[i].id, &error, &log_tail, log.as_deref());
                         state[i] = State::Dead;

@@ -73,7 +73,18 @@ pub enum Outcome {
     /// Another process recorded the same key while this one waited for the lock.
     FoundDone(ActionRecord),
     /// It failed; the error and the tail of its log.
-    Failed { error: String, log_tail: String, duration_ms: u64, interrupted: bool },
+    Failed {
+        /// What went wrong.
+        error: String,
+        /// For a plugin's bad param: its path inside `params`, so the error can point into the study.
+        param: Option<crate::builtin::ParamError>,
+        /// The end of the stage's log.
+        log_tail: String,
+        /// How long it ran.
+        duration_ms: u64,
+        /// True if it stopped because the run was interrupted.
+        interrupted: bool,
+    },
 }
 
 /// Runs the job to completion and reports through `events`.
@@ -85,6 +96,7 @@ pub fn run(job: Job, events: Sender<Event>) {
         Err(e) => {
             let log = job.run.stage_log(&job.id);
             Outcome::Failed {
+                param: e.downcast_ref::<crate::builtin::ParamError>().cloned(),
                 error: format!("{e:#}"),
                 log_tail: tail(&log, 20),
                 duration_ms: started.elapsed().as_millis() as u64,
@@ -278,7 +290,7 @@ fn run_plugin(
         }
         Ended::OpError { status, reply } => match reply.param_path {
             Some(path) if status == api::ffi::STATUS_BAD_INPUT => {
-                anyhow::bail!("`{label}`: `params.{}`: {}", path.join("."), reply.message)
+                Err(anyhow::Error::new(crate::builtin::ParamError { path, message: reply.message }))
             }
             _ => anyhow::bail!("`{label}`: {}", reply.message),
         },
