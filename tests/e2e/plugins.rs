@@ -154,7 +154,19 @@ fn ctrl_c_reaches_a_plugin_through_is_cancelled() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Wait until the plugin is inside its op (its log line reached the stage log).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let logs = crate::support::listing(&p.path(".rto/runs"));
+        let started = logs.keys().filter(|k| k.ends_with("s.log")).any(|k| {
+            std::fs::read_to_string(p.path(".rto/runs").join(k)).is_ok_and(|t| t.contains("sleeping until cancelled"))
+        });
+        if started {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the plugin op never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     // SAFETY: signals the child we started.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = crate::support::outcome(child.wait_with_output().unwrap());
