@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-/// Workspace crate → (its directory relative to the root, the workspace crates and heavy crates it depends on).
+/// Workspace crate → (its directory relative to the root, its normal dependencies; optional ones end in `?`).
 fn workspace() -> BTreeMap<String, (String, Vec<String>)> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -27,7 +27,10 @@ fn workspace() -> BTreeMap<String, (String, Vec<String>)> {
                 .unwrap()
                 .iter()
                 .filter(|d| d["kind"].is_null())
-                .map(|d| d["name"].as_str().unwrap().to_string())
+                .map(|d| {
+                    let name = d["name"].as_str().unwrap().to_string();
+                    if d["optional"].as_bool() == Some(true) { format!("{name}?") } else { name }
+                })
                 .collect();
             (p["name"].as_str().unwrap().to_string(), (dir, deps))
         })
@@ -48,6 +51,8 @@ fn dependency_directions() {
     let members: Vec<&String> = ws.keys().collect();
     for (name, (dir, deps)) in &ws {
         for dep in deps {
+            let optional = dep.ends_with('?');
+            let dep = &dep.trim_end_matches('?').to_string();
             let internal = members.contains(&dep);
             // The ABI crate is shared by host and plugins, so it depends on nothing of either.
             assert!(!(name == "api" && internal), "`api` ({dir}) must not depend on `{dep}`");
@@ -55,9 +60,18 @@ fn dependency_directions() {
             assert!(!(name == "cache" && internal), "`cache` ({dir}) must not depend on `{dep}`");
             // Nothing depends on the orchestrator; plugins talk to it through the ABI.
             assert!(dep != "orchestrator", "`{name}` ({dir}) must not depend on `orchestrator`");
-            // Heavy ML crates stay inside the model plugins.
+            // Heavy ML crates stay inside the model plugins; the `rto` binary links first-party plugins only
+            // through its optional `builtin-plugins` feature, so the orchestrator's library builds without them.
             let heavy = dep.starts_with("candle");
-            assert!(!heavy || dir.starts_with("plugins/"), "`{name}` ({dir}) must not depend on `{dep}`");
+            let linked_plugin = name == "orchestrator" && optional && internal;
+            assert!(
+                !heavy || dir.starts_with("plugins/") || linked_plugin,
+                "`{name}` ({dir}) must not depend on `{dep}`"
+            );
+            assert!(
+                !(name == "orchestrator" && internal && dep != "cache" && dep != "api" && !optional),
+                "`orchestrator` may depend on plugin crate `{dep}` only optionally (feature `builtin-plugins`)"
+            );
         }
     }
 }

@@ -99,7 +99,7 @@ fn unknown_builtin() {
 
 #[test]
 fn missing_plugin() {
-    check("[[stage]]\nid = \"a\"\nuses = \"candle-lm:train\"\n", "3:8", "plugin `candle-lm` not found");
+    check("[[stage]]\nid = \"a\"\nuses = \"no-such-plugin:train\"\n", "3:8", "plugin `no-such-plugin` not found");
 }
 
 #[test]

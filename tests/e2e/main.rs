@@ -1,6 +1,7 @@
 //! End-to-end tests of the real `rto` binary on temporary directories: one test binary, one module per area.
 
 mod architecture;
+mod candle;
 mod concurrency;
 mod crash;
 mod errors;

@@ -6,7 +6,8 @@
 //! Module map: [`model`] (architectures, one file per family; [`model::CausalLm`] is what a new family
 //! implements), [`nn`] (the shared differentiable blocks), [`load`] (model directories), [`lora`] (adapters),
 //! [`data`] (segment examples → token batches), [`train`] (the loop), [`sample`] (generation), [`error`]
-//! (typed load errors).
+//! (typed load errors), [`plugin`] (the rto plugin: [`CandleLm`] and its ops `init`, `train`, `sample`;
+//! [`descriptor`] is what rto links in).
 
 #![deny(missing_docs)]
 
@@ -16,7 +17,11 @@ pub mod load;
 pub mod lora;
 pub mod model;
 pub mod nn;
+pub mod plugin;
 pub mod sample;
 pub mod train;
 
 pub use error::LoadError;
+pub use plugin::CandleLm;
+
+api::declare_plugin!(CandleLm);

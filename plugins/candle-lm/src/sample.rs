@@ -66,6 +66,19 @@ pub fn generate(
     opts: &GenerateOptions,
     device: &Device,
 ) -> candle_core::Result<Generation> {
+    generate_with(model, prompt, opts, device, &mut |_| false)
+}
+
+/// [`generate`] with a check after every new token: `stop(tokens so far)` returning true ends generation with
+/// [`FinishReason::Stop`]. Stop strings and cancellation are decided there, since only the caller has the
+/// tokenizer and the host.
+pub fn generate_with(
+    model: &dyn CausalLm,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    device: &Device,
+    stop: &mut dyn FnMut(&[u32]) -> bool,
+) -> candle_core::Result<Generation> {
     if prompt.is_empty() {
         candle_core::bail!("the prompt must have at least one token");
     }
@@ -86,7 +99,7 @@ pub fn generate(
             Sampling::TopP { temperature, top_p } => sample_top_p(&last, temperature, top_p, &mut rng),
         };
         tokens.push(next);
-        if opts.stop_tokens.contains(&next) {
+        if opts.stop_tokens.contains(&next) || stop(&tokens) {
             return Ok(Generation { tokens, finish: FinishReason::Stop });
         }
         input = Tensor::from_slice(&[next], (1, 1), device)?;

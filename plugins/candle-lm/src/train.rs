@@ -289,9 +289,13 @@ impl Trainer<'_> {
                 if !loss_sum.is_finite() {
                     return Err(TrainError::NonFinite { step: step + 1, loss: loss_sum });
                 }
+                // Summed in name order: a HashMap's order differs between instances, and f32 addition in another
+                // order changes the norm's last bits, hence the clipping factor, hence the weights.
                 let mut sq = 0f32;
-                for g in acc.values() {
-                    sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+                for (name, _) in &vars {
+                    if let Some(g) = acc.get(name) {
+                        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+                    }
                 }
                 let grad_norm = sq.sqrt();
                 let clip = match cfg.max_grad_norm {

@@ -1,0 +1,131 @@
+//! candle-lm as an rto plugin: the [`CandleLm`] back-end and its ops.
+//!
+//! - `init`: a new model directory with seeded random weights, from a tokenizer and config fields (tiny models
+//!   pre-trained from scratch; the paper's base models come from the Hugging Face hub instead).
+//! - `train`: LoRA (`method = "lora"`, the default), full fine-tuning (`"full"`) or plain causal-LM training
+//!   (`"lm"`, every token a target) on the `train.jsonl` of a `dataset` stage. Writes `adapter/` (PEFT layout) or
+//!   `model/` (HF layout) and `metrics.jsonl`.
+//! - `sample`: a response per prompt of a `prompts.jsonl`, with an optional adapter merged on load. Writes
+//!   `samples.jsonl`.
+//!
+//! Params are documented on the parsing code ([`params`]); every op runs on the CPU unless the crate is built
+//! with the `cuda` feature and the stage reserved a GPU.
+
+mod files;
+mod op_init;
+mod op_sample;
+mod op_train;
+mod params;
+
+use api::protocol::OpInfo;
+use api::{Backend, Error, Kind, OpContext};
+use candle_core::{DType, Device};
+use serde_json::Value;
+
+use params::Op;
+
+/// The candle-lm back-end. Stateless: every op loads what it needs from its inputs, so that the worker process
+/// that runs it can free everything (GPU memory included) when it ends.
+pub struct CandleLm;
+
+impl Backend for CandleLm {
+    const NAME: &'static str = "candle-lm";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const KIND: Kind = Kind::Model;
+
+    fn ops() -> Vec<OpInfo> {
+        // Results depend on the device (kernels differ in rounding) and on the compute dtype.
+        let facts = || vec!["device".to_string(), "dtype".to_string()];
+        vec![
+            OpInfo {
+                name: "init".into(),
+                summary: "a new model directory with seeded random weights, from a tokenizer and config fields".into(),
+                env_facts: vec![],
+            },
+            OpInfo {
+                name: "train".into(),
+                summary: "LoRA, full fine-tuning or plain LM training on a dataset stage's train.jsonl".into(),
+                env_facts: facts(),
+            },
+            OpInfo {
+                name: "sample".into(),
+                summary: "one response per prompt of a prompts.jsonl (greedy or top-p), optionally with an adapter"
+                    .into(),
+                env_facts: facts(),
+            },
+        ]
+    }
+
+    fn create(config: &Value) -> Result<Self, Error> {
+        // No plugin config yet; refusing one catches a config meant for another plugin.
+        match config {
+            Value::Null => Ok(CandleLm),
+            Value::Object(m) if m.is_empty() => Ok(CandleLm),
+            _ => Err(Error::Failed("candle-lm takes no plugin config; its settings are per-op params".into())),
+        }
+    }
+
+    fn validate(&self, op: &str, params: &Value, input_names: &[String]) -> Result<(), Error> {
+        let parsed = Op::parse(op, params)?;
+        let (required, optional) = parsed.inputs();
+        if let Some(missing) = required.iter().find(|r| !input_names.iter().any(|n| n == *r)) {
+            return Err(Error::Failed(format!(
+                "`candle-lm:{op}` needs input `{missing}`; its inputs: {}{}",
+                params::quoted(required),
+                if optional.is_empty() { String::new() } else { format!(", optional {}", params::quoted(optional)) }
+            )));
+        }
+        // An extra input is almost always a misspelt name; ignoring it would hide the mistake.
+        if let Some(extra) =
+            input_names.iter().find(|n| !required.contains(&n.as_str()) && !optional.contains(&n.as_str()))
+        {
+            let mut all: Vec<&str> = required.iter().chain(optional).copied().collect();
+            all.sort_unstable();
+            return Err(Error::Failed(format!(
+                "`candle-lm:{op}` has no input `{extra}`; its inputs: {}",
+                params::quoted(&all)
+            )));
+        }
+        if let Op::Init(p) = &parsed {
+            // The config's shape rules (heads dividing the width, …) are checked before anything runs; the vocab
+            // size comes from the tokenizer later, so a placeholder stands in when the study gives none.
+            op_init::model_config(p, None, None, None)?;
+        }
+        Ok(())
+    }
+
+    fn invoke(&mut self, op: &str, ctx: &mut OpContext<'_>) -> Result<Value, Error> {
+        match Op::parse(op, ctx.params)? {
+            Op::Init(p) => op_init::run(&p, ctx),
+            Op::Train(p) => op_train::run(&p, ctx),
+            Op::Sample(p) => op_sample::run(&p, ctx),
+        }
+    }
+}
+
+/// The device an op computes on: the first GPU the stage reserved (the host sets `CUDA_VISIBLE_DEVICES` to the
+/// reserved ones, so it is ordinal 0) when built with `cuda`, else the CPU. A stage that reserved no GPU runs on
+/// the CPU even in a CUDA build, so that it never takes a device the scheduler gave to another stage.
+fn device(ctx: &OpContext<'_>) -> Result<Device, Error> {
+    if ctx.gpus.is_empty() {
+        return Ok(Device::Cpu);
+    }
+    cuda_device(ctx)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(_ctx: &OpContext<'_>) -> Result<Device, Error> {
+    Device::new_cuda(0).map_err(|e| Error::Failed(format!("cannot open the reserved GPU: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(ctx: &OpContext<'_>) -> Result<Device, Error> {
+    ctx.log("the stage reserved a GPU but candle-lm was built without the `cuda` feature: running on the CPU");
+    Ok(Device::Cpu)
+}
+
+/// How a device and dtype are named in logs and summaries.
+fn describe(device: &Device, dtype: DType) -> String {
+    let d = if device.is_cuda() { "cuda" } else { "cpu" };
+    format!("{d}, {}", dtype.as_str())
+}

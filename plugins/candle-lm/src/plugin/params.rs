@@ -1,0 +1,438 @@
+//! The ops' params, parsed by hand from the stage's canonical JSON into resolved types, by the same code at plan
+//! time (`validate`) and at run time, so that the two never disagree. Every error carries its path inside
+//! `params`, and unknown keys are refused with the list of valid ones: a misspelt `lerning_rate` must not train
+//! silently with the default.
+
+use candle_core::DType;
+use serde_json::{Map, Value};
+
+use api::Error;
+
+use crate::lora::{ALL_LINEAR, LoraConfig};
+use crate::sample::Sampling;
+use crate::train::{Schedule, TrainConfig};
+
+/// An op with its params resolved.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// `init`: a fresh model directory.
+    Init(InitParams),
+    /// `train`: LoRA, full fine-tuning or plain LM training.
+    Train(TrainParams),
+    /// `sample`: responses to prompts.
+    Sample(SampleParams),
+}
+
+impl Op {
+    /// Parses `params` for `op`.
+    pub(crate) fn parse(op: &str, params: &Value) -> Result<Op, Error> {
+        match op {
+            "init" => InitParams::parse(params).map(Op::Init),
+            "train" => TrainParams::parse(params).map(Op::Train),
+            "sample" => SampleParams::parse(params).map(Op::Sample),
+            other => Err(Error::Failed(format!("candle-lm has no op `{other}`; its ops: `init`, `train`, `sample`"))),
+        }
+    }
+
+    /// `(required, optional)` input names.
+    pub(crate) fn inputs(&self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self {
+            Op::Init(_) => (&["tokenizer"], &[]),
+            Op::Train(_) => (&["data", "model"], &["adapter"]),
+            Op::Sample(_) => (&["model", "prompts"], &["adapter"]),
+        }
+    }
+}
+
+/// Model config fields `init` accepts, by JSON type; names as in a Hugging Face `config.json`.
+const INIT_INTS: &[&str] = &[
+    "head_dim",
+    "hidden_size",
+    "intermediate_size",
+    "max_position_embeddings",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "num_key_value_heads",
+    "sliding_window",
+    "vocab_size",
+];
+const INIT_FLOATS: &[&str] = &["rms_norm_eps", "rope_theta"];
+const INIT_BOOLS: &[&str] = &["attention_bias", "mlp_bias", "tie_word_embeddings"];
+const INIT_STRINGS: &[&str] = &["hidden_act", "model_type"];
+/// `init` params that are not config fields.
+const INIT_OWN: &[&str] = &["bos_token", "eos_token", "initializer_range", "seed"];
+/// Config fields without which no model can be described.
+const INIT_REQUIRED: &[&str] = &["hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers"];
+
+/// `init`'s params.
+#[derive(Debug)]
+pub(crate) struct InitParams {
+    /// The config fields the study gave, type-checked, without defaults.
+    pub config: Map<String, Value>,
+    /// Seed of the random weights.
+    pub seed: u64,
+    /// Standard deviation of the weights' normal initialisation (HF's `initializer_range`).
+    pub initializer_range: f64,
+    /// Token texts for bos/eos, overriding what the tokenizer's files say.
+    pub bos_token: Option<String>,
+    /// See `bos_token`.
+    pub eos_token: Option<String>,
+}
+
+impl InitParams {
+    fn parse(params: &Value) -> Result<Self, Error> {
+        let top = table(params, &[])?;
+        let valid: Vec<&str> = [INIT_INTS, INIT_FLOATS, INIT_BOOLS, INIT_STRINGS, INIT_OWN]
+            .iter()
+            .flat_map(|k| k.iter().copied())
+            .collect();
+        check_keys(top, &[], &valid)?;
+        if let Some(missing) = INIT_REQUIRED.iter().find(|k| !top.contains_key(**k)) {
+            return Err(Error::param(
+                &[missing],
+                format!("`{missing}` is required (the config fields {} are)", quoted(INIT_REQUIRED)),
+            ));
+        }
+        let mut config = Map::new();
+        for (key, value) in top {
+            let k = key.as_str();
+            let checked = if INIT_INTS.contains(&k) {
+                Value::from(uint(value, &[k])?)
+            } else if INIT_FLOATS.contains(&k) {
+                Value::from(float(value, &[k])?)
+            } else if INIT_BOOLS.contains(&k) {
+                Value::from(boolean(value, &[k])?)
+            } else if INIT_STRINGS.contains(&k) {
+                Value::from(string(value, &[k])?)
+            } else {
+                continue;
+            };
+            config.insert(key.clone(), checked);
+        }
+        let initializer_range = opt(top, "initializer_range", &[], float)?.unwrap_or(0.02);
+        if !(initializer_range.is_finite() && initializer_range > 0.0) {
+            return Err(Error::param(&["initializer_range"], "must be a positive number (e.g. 0.02)"));
+        }
+        Ok(Self {
+            config,
+            seed: opt(top, "seed", &[], uint)?.unwrap_or(0),
+            initializer_range,
+            bos_token: opt(top, "bos_token", &[], string)?.map(str::to_owned),
+            eos_token: opt(top, "eos_token", &[], string)?.map(str::to_owned),
+        })
+    }
+}
+
+/// What `train` updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    /// LoRA adapters on a frozen base; the loss covers the segments marked `loss`.
+    Lora,
+    /// Every weight; the loss covers the segments marked `loss`.
+    Full,
+    /// Every weight, plain causal LM: every token is a target, whatever the loss flags (pre-training).
+    Lm,
+}
+
+impl Method {
+    /// The name used in params and the summary.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Method::Lora => "lora",
+            Method::Full => "full",
+            Method::Lm => "lm",
+        }
+    }
+}
+
+const TRAIN_KEYS: &[&str] = &[
+    "beta1",
+    "beta2",
+    "dtype",
+    "epochs",
+    "eps",
+    "grad_accum",
+    "lora",
+    "lr",
+    "max_grad_norm",
+    "max_len",
+    "max_steps",
+    "method",
+    "micro_batch",
+    "schedule",
+    "seed",
+    "warmup_steps",
+    "weight_decay",
+];
+const LORA_KEYS: &[&str] = &["alpha", "dropout", "r", "target_modules"];
+
+/// `train`'s params.
+#[derive(Debug)]
+pub(crate) struct TrainParams {
+    /// What is trained.
+    pub method: Method,
+    /// The adapter shape (method `lora`); `None` when the study gave no `lora` table, so that an `adapter`
+    /// input's own config can apply.
+    pub lora: Option<LoraConfig>,
+    /// Optimiser, schedule, batching.
+    pub train: TrainConfig,
+    /// The dtype the model computes in.
+    pub dtype: DType,
+}
+
+impl TrainParams {
+    fn parse(params: &Value) -> Result<Self, Error> {
+        let top = table(params, &[])?;
+        check_keys(top, &[], TRAIN_KEYS)?;
+        let method = match opt(top, "method", &[], string)? {
+            None | Some("lora") => Method::Lora,
+            Some("full") => Method::Full,
+            Some("lm") => Method::Lm,
+            Some(other) => {
+                return Err(Error::param(
+                    &["method"],
+                    format!("unknown method `{other}`: use `\"lora\"`, `\"full\"` or `\"lm\"` (plain causal LM)"),
+                ));
+            }
+        };
+        let lora = match top.get("lora") {
+            None => None,
+            Some(_) if method != Method::Lora => {
+                return Err(Error::param(
+                    &["lora"],
+                    format!("`lora` applies to method `lora`, not `{}`", method.name()),
+                ));
+            }
+            Some(v) => Some(parse_lora(v)?),
+        };
+        let d = TrainConfig::default();
+        let max_grad_norm = match opt(top, "max_grad_norm", &[], float)? {
+            None => d.max_grad_norm,
+            // TOML has no null: 0 is how a study switches clipping off.
+            Some(0.0) => None,
+            Some(n) => Some(n),
+        };
+        let schedule = match opt(top, "schedule", &[], string)? {
+            None => d.schedule,
+            Some("constant") => Schedule::Constant,
+            Some("cosine") => Schedule::Cosine,
+            Some(other) => {
+                return Err(Error::param(
+                    &["schedule"],
+                    format!("unknown schedule `{other}`: use `\"constant\"` or `\"cosine\"`"),
+                ));
+            }
+        };
+        let train = TrainConfig {
+            lr: opt(top, "lr", &[], float)?.unwrap_or(d.lr),
+            weight_decay: opt(top, "weight_decay", &[], float)?.unwrap_or(d.weight_decay),
+            beta1: opt(top, "beta1", &[], float)?.unwrap_or(d.beta1),
+            beta2: opt(top, "beta2", &[], float)?.unwrap_or(d.beta2),
+            eps: opt(top, "eps", &[], float)?.unwrap_or(d.eps),
+            schedule,
+            warmup_steps: opt(top, "warmup_steps", &[], usize_)?.unwrap_or(d.warmup_steps),
+            micro_batch: opt(top, "micro_batch", &[], usize_)?.unwrap_or(d.micro_batch),
+            grad_accum: opt(top, "grad_accum", &[], usize_)?.unwrap_or(d.grad_accum),
+            max_grad_norm,
+            max_len: opt(top, "max_len", &[], usize_)?.unwrap_or(d.max_len),
+            seed: opt(top, "seed", &[], uint)?.unwrap_or(d.seed),
+            epochs: opt(top, "epochs", &[], usize_)?.unwrap_or(d.epochs),
+            max_steps: opt(top, "max_steps", &[], usize_)?,
+        };
+        if train.max_steps == Some(0) {
+            return Err(Error::param(&["max_steps"], "`max_steps` must be at least 1"));
+        }
+        if let Err(message) = train.validate() {
+            return Err(Error::param(&[first_field(&message, TRAIN_KEYS)], message));
+        }
+        for (key, value) in [("beta1", train.beta1), ("beta2", train.beta2)] {
+            if !(0.0..1.0).contains(&value) {
+                return Err(Error::param(&[key], format!("`{key}` must be in [0, 1), got {value}")));
+            }
+        }
+        if !(train.eps > 0.0 && train.weight_decay >= 0.0 && train.weight_decay.is_finite()) {
+            let key = if train.eps > 0.0 { "weight_decay" } else { "eps" };
+            return Err(Error::param(&[key], format!("`{key}` must be a non-negative number (`eps` positive)")));
+        }
+        let dtype = parse_dtype(top)?;
+        if dtype != DType::F32 && method != Method::Lora {
+            // Full fine-tuning keeps its master weights in the load dtype: bf16 weights would lose most small
+            // AdamW updates to rounding.
+            return Err(Error::param(
+                &["dtype"],
+                format!("method `{}` trains in `\"f32\"` only; `\"bf16\"` is for `lora`", method.name()),
+            ));
+        }
+        Ok(Self { method, lora, train, dtype })
+    }
+}
+
+fn parse_lora(value: &Value) -> Result<LoraConfig, Error> {
+    let t = table(value, &["lora"])?;
+    check_keys(t, &["lora"], LORA_KEYS)?;
+    let d = LoraConfig::default();
+    let target_modules = match t.get("target_modules") {
+        None => d.target_modules,
+        Some(Value::String(s)) if s == "all-linear" => Vec::new(),
+        Some(v) => {
+            let names = string_list(v, &["lora", "target_modules"])?;
+            if names.is_empty() {
+                return Err(Error::param(
+                    &["lora", "target_modules"],
+                    format!("no module given; use `\"all-linear\"` or names among {}", quoted(&ALL_LINEAR)),
+                ));
+            }
+            names
+        }
+    };
+    let config = LoraConfig {
+        r: opt(t, "r", &["lora"], usize_)?.unwrap_or(d.r),
+        alpha: opt(t, "alpha", &["lora"], float)?.unwrap_or(d.alpha),
+        dropout: opt(t, "dropout", &["lora"], float)?.unwrap_or(d.dropout),
+        target_modules,
+    };
+    config.validate().map_err(|m| Error::param(&["lora", first_field(&m, LORA_KEYS)], m))?;
+    Ok(config)
+}
+
+const SAMPLE_KEYS: &[&str] = &["dtype", "limit", "max_new_tokens", "seed", "stop", "temperature", "top_p"];
+
+/// `sample`'s params.
+#[derive(Debug)]
+pub(crate) struct SampleParams {
+    /// At most this many new tokens per prompt.
+    pub max_new_tokens: usize,
+    /// Greedy (temperature 0) or nucleus sampling.
+    pub sampling: Sampling,
+    /// Seed of the sampling stream.
+    pub seed: u64,
+    /// Strings that end a response (cut before them).
+    pub stop: Vec<String>,
+    /// Only the first N prompts.
+    pub limit: Option<usize>,
+    /// The dtype the model computes in.
+    pub dtype: DType,
+}
+
+impl SampleParams {
+    fn parse(params: &Value) -> Result<Self, Error> {
+        let top = table(params, &[])?;
+        check_keys(top, &[], SAMPLE_KEYS)?;
+        let temperature = opt(top, "temperature", &[], float)?.unwrap_or(0.0);
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return Err(Error::param(&["temperature"], "must be a non-negative number (0 is greedy)"));
+        }
+        let top_p = opt(top, "top_p", &[], float)?.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(Error::param(&["top_p"], format!("must be in (0, 1], got {top_p}")));
+        }
+        let sampling = if temperature == 0.0 { Sampling::Greedy } else { Sampling::TopP { temperature, top_p } };
+        let stop = match top.get("stop") {
+            None => Vec::new(),
+            Some(v) => string_list(v, &["stop"])?,
+        };
+        if stop.iter().any(String::is_empty) {
+            return Err(Error::param(&["stop"], "a stop string must not be empty"));
+        }
+        Ok(Self {
+            max_new_tokens: opt(top, "max_new_tokens", &[], usize_)?.unwrap_or(256),
+            sampling,
+            seed: opt(top, "seed", &[], uint)?.unwrap_or(0),
+            stop,
+            limit: opt(top, "limit", &[], usize_)?,
+            dtype: parse_dtype(top)?,
+        })
+    }
+}
+
+fn parse_dtype(top: &Map<String, Value>) -> Result<DType, Error> {
+    match opt(top, "dtype", &[], string)? {
+        None | Some("f32") => Ok(DType::F32),
+        Some("bf16") => Ok(DType::BF16),
+        Some(other) => Err(Error::param(&["dtype"], format!("unknown dtype `{other}`: use `\"f32\"` or `\"bf16\"`"))),
+    }
+}
+
+/// The first of `keys` a validation message names in backticks, for the error's path (`""` when none).
+fn first_field<'k>(message: &str, keys: &[&'k str]) -> &'k str {
+    keys.iter().copied().filter_map(|k| message.find(&format!("`{k}`")).map(|at| (at, k))).min().map_or("", |x| x.1)
+}
+
+/// `params` (or a nested table) as an object; a missing table (null) is empty.
+fn table<'a>(value: &'a Value, path: &[&str]) -> Result<&'a Map<String, Value>, Error> {
+    static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+    match value {
+        Value::Object(m) => Ok(m),
+        Value::Null => Ok(EMPTY.get_or_init(Map::new)),
+        other => Err(Error::param(path, format!("expected a table, found {}", kind(other)))),
+    }
+}
+
+fn check_keys(map: &Map<String, Value>, path: &[&str], valid: &[&str]) -> Result<(), Error> {
+    if let Some(unknown) = map.keys().find(|k| !valid.contains(&k.as_str())) {
+        let mut sorted = valid.to_vec();
+        sorted.sort_unstable();
+        let mut at = path.to_vec();
+        at.push(unknown);
+        return Err(Error::param(&at, format!("unknown param `{unknown}`; valid: {}", quoted(&sorted))));
+    }
+    Ok(())
+}
+
+fn opt<'a, T>(
+    map: &'a Map<String, Value>,
+    key: &str,
+    path: &[&str],
+    read: impl Fn(&'a Value, &[&str]) -> Result<T, Error>,
+) -> Result<Option<T>, Error> {
+    let mut at = path.to_vec();
+    at.push(key);
+    map.get(key).map(|v| read(v, &at)).transpose()
+}
+
+fn uint(value: &Value, path: &[&str]) -> Result<u64, Error> {
+    value.as_u64().ok_or_else(|| Error::param(path, format!("expected a non-negative integer, found {}", kind(value))))
+}
+
+fn usize_(value: &Value, path: &[&str]) -> Result<usize, Error> {
+    usize::try_from(uint(value, path)?).map_err(|_| Error::param(path, "the number is too large"))
+}
+
+fn float(value: &Value, path: &[&str]) -> Result<f64, Error> {
+    value.as_f64().ok_or_else(|| Error::param(path, format!("expected a number, found {}", kind(value))))
+}
+
+fn boolean(value: &Value, path: &[&str]) -> Result<bool, Error> {
+    value.as_bool().ok_or_else(|| Error::param(path, format!("expected true or false, found {}", kind(value))))
+}
+
+fn string<'a>(value: &'a Value, path: &[&str]) -> Result<&'a str, Error> {
+    value.as_str().ok_or_else(|| Error::param(path, format!("expected a string, found {}", kind(value))))
+}
+
+fn string_list(value: &Value, path: &[&str]) -> Result<Vec<String>, Error> {
+    let bad = || Error::param(path, format!("expected a list of strings, found {}", kind(value)));
+    match value {
+        Value::Array(items) => items.iter().map(|v| v.as_str().map(str::to_owned).ok_or_else(bad)).collect(),
+        _ => Err(bad()),
+    }
+}
+
+fn kind(value: &Value) -> String {
+    match value {
+        Value::Null => "nothing".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "a table".into(),
+    }
+}
+
+/// `` `a`, `b` `` for messages.
+pub(crate) fn quoted(names: &[&str]) -> String {
+    if names.is_empty() {
+        return "none".into();
+    }
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
