@@ -426,6 +426,9 @@ fn run(
     let (store, _tmp) =
         if dry_run { reading_store(cli, Some(&study))? } else { (open_store(cli, Some(&study))?, None) };
     let _in_use = if dry_run { None } else { Some(store.use_shared()?) };
+    if !dry_run {
+        check_plugin_params(&planned, &store, &opts)?;
+    }
     let cancel = Arc::new(AtomicBool::new(false));
     install_ctrlc(cancel.clone());
     let summary = exec::execute(&planned, &store, &opts, cancel.clone())?;
@@ -439,6 +442,33 @@ fn run(
     if !summary.succeeded() {
         return Err(Failure::Stages);
     }
+    Ok(())
+}
+
+/// Asks the plugins to check the params of their stages that may run, so that a bad param in a late stage is
+/// reported before the stages before it spend hours. Cached stages are not checked: a no-op run loads no plugin.
+fn check_plugin_params(planned: &Planned<'_>, store: &Store, opts: &RunOptions) -> Result<(), Failure> {
+    let study = planned.study;
+    let plugin_stages: Vec<usize> = (0..study.stages.len())
+        .filter(|&i| matches!(planned.backends[i], crate::backend::Backend::Plugin(_)))
+        .collect();
+    if plugin_stages.is_empty() {
+        return Ok(());
+    }
+    let mut dry = opts.clone();
+    dry.dry_run = true;
+    dry.progress = false;
+    dry.results_dir = None;
+    let plan = exec::execute(planned, store, &dry, Arc::new(AtomicBool::new(false)))?;
+    let may_run: Vec<usize> = plugin_stages
+        .into_iter()
+        .filter(|&i| plan.stages.iter().any(|s| s.id == study.stages[i].id && !matches!(s.status, Status::Cached)))
+        .collect();
+    if may_run.is_empty() {
+        return Ok(());
+    }
+    let scratch = store.scratch_dir("validate")?;
+    crate::plugin::validate_stages(study, &planned.backends, &may_run, scratch.path())?;
     Ok(())
 }
 

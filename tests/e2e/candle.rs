@@ -146,16 +146,15 @@ fn a_study_initialises_pretrains_tunes_and_samples_a_tiny_model() {
 }
 
 #[test]
-fn a_bad_candle_lm_param_fails_its_stage_with_the_study_location_and_the_valid_params() {
+fn a_bad_candle_lm_param_is_refused_before_anything_runs_with_the_study_location_and_the_valid_params() {
     let p = Project::new(
         &STUDY.replace("seed = 1\n", "sede = 1\n"),
         &[("qa.jsonl", &qa()), ("tok/tokenizer.json", &tokenizer())],
     );
-    let out = p.rto(&["run", "study.toml"]).expect_code(1);
-    let text = format!("{}{}", out.stdout, out.stderr);
+    let out = p.rto(&["run", "study.toml"]).expect_code(2);
+    let text = format!("{}{}", out.stdout, out.stderr).replace("\n  │ ", " ");
     assert!(text.contains("study.toml:"), "points into the study: {text}");
     assert!(text.contains("`params.sede`: unknown param `sede`"), "{text}");
     assert!(text.contains("`seed`") && text.contains("`hidden_size`"), "the valid params are listed: {text}");
-    assert!(!p.path("results/study/init").exists(), "init wrote nothing");
-    assert!(!p.path("results/study/pretrain").exists(), "its dependants did not run");
+    assert!(!p.path("results/study").exists(), "nothing ran, not even the dataset stage before it");
 }

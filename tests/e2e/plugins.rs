@@ -134,12 +134,13 @@ fn a_bad_param_is_named_and_a_timeout_stops_the_worker() {
     let study = "[plugins]\ndirs = [\"plugins\"]\n[[stage]]\nid = \"c\"\nuses = \"fixture:copy\"\ninputs = { in = \"in.txt\" }\nparams = { times = \"two\" }\n[[stage]]\nid = \"s\"\nuses = \"fixture:sleep\"\nresources = { timeout = \"1s\" }\n";
     let p = Project::new(study, &[("in.txt", "x")]);
     install_fixture(&p);
+    // The bad param is found before anything runs: the plugin checks its stages' params in one worker.
+    let out = p.rto(&["--format", "json", "run", "study.toml", "--keep-going"]).expect_code(2);
+    assert!(out.stderr.contains("study.toml:7:20"), "{}", out.stderr);
+    assert!(out.stderr.contains("stage `c`: `params.times`: `times` must be a whole number"), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "nothing ran: {}", out.stdout);
+    p.edit_study("times = \"two\"", "times = 2");
     let out = p.rto(&["run", "study.toml", "--keep-going"]).expect_code(1);
-    assert!(
-        out.stderr.contains("study.toml:7:20: stage `c`: `params.times`: `times` must be a whole number"),
-        "{}",
-        out.stderr
-    );
     assert!(out.stderr.contains("`fixture:sleep` ran past its timeout of 1s"), "{}", out.stderr);
 }
 

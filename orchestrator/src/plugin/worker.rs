@@ -216,6 +216,33 @@ fn emit(v: &serde_json::Value) {
     let _ = out.flush();
 }
 
+/// The pseudo-op that checks many stages' params in one worker: `params.checks` is a list of
+/// `{"op", "stage_id", "params", "inputs": [names]}`; the result lists `{"stage_id", "status", "error"}`.
+pub const VALIDATE: &str = "rto:validate";
+
+fn validate_all(instance: &mut api::client::Instance<'_>, request: &Request, host: &dyn api::Host) -> WorkerResult {
+    let mut results = Vec::new();
+    for check in request.params["checks"].as_array().cloned().unwrap_or_default() {
+        let stage_id = check["stage_id"].as_str().unwrap_or("").to_string();
+        let one = Request {
+            stage_id: stage_id.clone(),
+            params: check["params"].clone(),
+            inputs: check["inputs"]
+                .as_array()
+                .map(|names| names.iter().filter_map(|n| n.as_str()).map(|n| (n.to_string(), PathBuf::new())).collect())
+                .unwrap_or_default(),
+            validate_only: true,
+            ..request.clone()
+        };
+        let (status, error) = match instance.invoke(check["op"].as_str().unwrap_or(""), &one, host) {
+            Ok(_) => (api::ffi::STATUS_OK, None),
+            Err(e) => (e.status, Some(e.reply)),
+        };
+        results.push(serde_json::json!({ "stage_id": stage_id, "status": status, "error": error }));
+    }
+    WorkerResult::Ok(serde_json::Value::Array(results))
+}
+
 /// Worker side (`rto worker`): loads the plugin, runs one op, writes the result file. Returns the process
 /// exit code.
 pub fn main(which: &Which, op: &str, request: &Path, result: &Path, linked: &[LinkedPlugin]) -> i32 {
@@ -273,6 +300,9 @@ pub fn main(which: &Which, op: &str, request: &Path, result: &Path, linked: &[Li
         Err(e) => return write_result(&WorkerResult::Error { status: e.status, reply: e.reply }),
     };
     let host = WorkerHost { cancelled };
+    if op == VALIDATE {
+        return write_result(&validate_all(&mut instance, &request, &host));
+    }
     let outcome = match instance.invoke(op, &request, &host) {
         Ok(v) => WorkerResult::Ok(v),
         Err(e) => WorkerResult::Error { status: e.status, reply: e.reply },
