@@ -9,7 +9,8 @@
 //!    draws a seeded subsample (kept in file order).
 //! 2. Sources are concatenated in the order the study lists them.
 //! 3. `dedup` drops an example whose `(prompt, response)` was seen before, keeping the first.
-//! 4. `holdout` examples, chosen with the seed, go only to `prompts.jsonl`; the rest are shuffled with the seed
+//! 4. `holdout` examples, chosen with the seed, go only to `prompts.jsonl` (`holdout = "all"`: all of them, in
+//!    order, for an evaluation set); the rest are shuffled with the seed
 //!    and go to `train.jsonl`.
 //!
 //! Every random choice draws from ChaCha20 under `seed`, one stream per use ([`mix`]), and every JSON object is
@@ -165,7 +166,7 @@ fn build(ctx: &mut StageContext<'_>, params: &Params) -> Result<()> {
     if examples.is_empty() {
         bail!("no examples left: every row was filtered out");
     }
-    if params.holdout >= examples.len() {
+    if params.holdout != params::HOLDOUT_ALL && params.holdout >= examples.len() {
         bail!(
             "param `holdout`: holding out {} of {} example(s) leaves none for training",
             params.holdout,
@@ -173,8 +174,11 @@ fn build(ctx: &mut StageContext<'_>, params: &Params) -> Result<()> {
         );
     }
 
-    let held: BTreeSet<usize> =
-        mix::sample(examples.len(), params.holdout, &mut mix::rng(params.seed, Stream::Holdout)).into_iter().collect();
+    let held: BTreeSet<usize> = if params.holdout == params::HOLDOUT_ALL {
+        (0..examples.len()).collect()
+    } else {
+        mix::sample(examples.len(), params.holdout, &mut mix::rng(params.seed, Stream::Holdout)).into_iter().collect()
+    };
     let (held_out, mut train): (Vec<_>, Vec<_>) = examples.into_iter().enumerate().partition(|(i, _)| held.contains(i));
     mix::shuffle(&mut train, &mut mix::rng(params.seed, Stream::Shuffle));
 

@@ -57,6 +57,9 @@ pub(super) struct Source {
     pub filter: Option<regex::Regex>,
 }
 
+/// `holdout = "all"`: every example goes to `prompts.jsonl` and `train.jsonl` is empty.
+pub const HOLDOUT_ALL: usize = usize::MAX;
+
 const TOP_KEYS: &[&str] = &["dedup", "eos", "holdout", "mode", "seed", "sources", "template"];
 const SOURCE_KEYS: &[&str] = &["fields", "filter", "first", "format", "input", "preset", "take", "take_at_most"];
 const FIELD_KEYS: &[&str] = &["context", "conversations", "prompt", "response"];
@@ -91,8 +94,14 @@ impl Params {
         let eos = top.get("eos").map(|v| string(v, &["eos"]).map(str::to_owned)).transpose()?;
         let seed = top.get("seed").map(|v| unsigned(v, &["seed"])).transpose()?.unwrap_or(0);
         let dedup = top.get("dedup").map(|v| boolean(v, &["dedup"])).transpose()?.unwrap_or(true);
-        let holdout = top.get("holdout").map(|v| unsigned(v, &["holdout"])).transpose()?.unwrap_or(0);
-        let holdout = to_usize(holdout, &["holdout"])?;
+        // `holdout = "all"` makes an evaluation set: every example becomes an inference prompt.
+        let holdout = match top.get("holdout") {
+            Some(Value::String(s)) if s == "all" => HOLDOUT_ALL,
+            Some(Value::String(_)) => {
+                return Err(ParamError::new(&["holdout"], "`holdout` is a count of examples, or `\"all\"`"));
+            }
+            other => to_usize(other.map(|v| unsigned(v, &["holdout"])).transpose()?.unwrap_or(0), &["holdout"])?,
+        };
 
         let sources = match top.get("sources") {
             None => {

@@ -557,6 +557,26 @@ fn holdout_of_everything_is_an_error() {
 }
 
 #[test]
+fn holdout_all_makes_an_evaluation_set_in_file_order() {
+    let params = json!({"mode": "it", "holdout": "all", "sources": [{"input": "g", "preset": "generic"}]});
+    let out = run(&[("g", "g.jsonl", &numbered(3))], params).unwrap();
+    assert_eq!(out.train, "");
+    assert_eq!(out.stats["held_out"], 3);
+    let ids: Vec<String> = out
+        .prompts
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["g:0", "g:1", "g:2"]);
+    check_param_err(
+        json!({"mode": "it", "holdout": "most", "sources": [{"input": "g", "preset": "generic"}]}),
+        &["g"],
+        &["holdout"],
+        &["`\"all\"`"],
+    );
+}
+
+#[test]
 fn shuffle_is_seeded() {
     let order = |seed: u64| {
         let params = json!({"mode": "rt", "seed": seed, "sources": [{"input": "g", "preset": "generic"}]});
