@@ -56,6 +56,14 @@ pub enum LoadError {
         /// What the reader said.
         message: String,
     },
+    /// A GGUF file is truncated, or its header or a tensor cannot be read.
+    #[error("`{path}`: not a valid GGUF file: {message}")]
+    BadGguf {
+        /// The GGUF file.
+        path: PathBuf,
+        /// What the reader said.
+        message: String,
+    },
     /// The model needs a tensor that no weight file holds.
     #[error("tensor `{tensor}` is missing from {files}")]
     MissingTensor {

@@ -13,10 +13,12 @@
 
 pub mod data;
 pub mod error;
+pub mod gguf;
 pub mod load;
 pub mod lora;
 pub mod model;
 pub mod nn;
+pub mod optim;
 pub mod plugin;
 pub mod sample;
 pub mod train;

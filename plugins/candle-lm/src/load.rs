@@ -1,5 +1,5 @@
 //! Loading a Hugging Face model directory: `config.json` plus `model.safetensors`, or shards listed in
-//! `model.safetensors.index.json`.
+//! `model.safetensors.index.json`; or a GGUF file ([`load_gguf`], dequantized, see [`crate::gguf`]).
 //!
 //! The decoder asks for each tensor by name and shape through a `VarBuilder`; the backend here answers from the
 //! memory-mapped files and checks what candle would otherwise report vaguely or not at all: the tensor exists,
@@ -81,8 +81,12 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
-/// Loads the model in `dir` (see the module doc), with adapters from `lora` when given.
+/// Loads the model in `dir` (see the module doc), with adapters from `lora` when given. A `dir` that is a
+/// `.gguf` file is loaded with [`load_gguf`].
 pub fn load_dir(dir: &Path, opts: &LoadOptions, lora: Option<&LoraSet>) -> Result<Loaded, LoadError> {
+    if dir.is_file() && crate::gguf::is_gguf(dir) {
+        return load_gguf(dir, opts, lora);
+    }
     let config = read_config(dir)?;
     let files = weight_files(dir)?;
     let mut mapped = Vec::with_capacity(files.len());
@@ -102,6 +106,16 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions, lora: Option<&LoraSet>) -> Resul
     build(config, Source::Files(mapped), opts, lora)
 }
 
+/// Loads a GGUF file: the config from its metadata, every tensor dequantized (f32, then converted to
+/// [`LoadOptions::dtype`]) under HF names and in HF layout, with adapters from `lora` when given. Errors name the
+/// file. The tokenizer and chat template are read with [`crate::gguf::Gguf`].
+pub fn load_gguf(path: &Path, opts: &LoadOptions, lora: Option<&LoraSet>) -> Result<Loaded, LoadError> {
+    let file = crate::gguf::Gguf::open(path)?;
+    let config = file.config()?;
+    let tensors = file.tensors(&opts.device)?;
+    build(config, Source::Memory { tensors, origin: Some(path.to_owned()) }, opts, lora)
+}
+
 /// Builds a model from in-memory tensors under HF names (tests, or weights produced in-process), with the
 /// same checks as [`load_dir`].
 pub fn load_tensors(
@@ -110,7 +124,7 @@ pub fn load_tensors(
     opts: &LoadOptions,
     lora: Option<&LoraSet>,
 ) -> Result<Loaded, LoadError> {
-    build(config, Source::Memory(tensors), opts, lora)
+    build(config, Source::Memory { tensors, origin: None }, opts, lora)
 }
 
 fn build(config: ModelConfig, source: Source, opts: &LoadOptions, lora: Option<&LoraSet>) -> Result<Loaded, LoadError> {
@@ -136,14 +150,18 @@ fn build(config: ModelConfig, source: Source, opts: &LoadOptions, lora: Option<&
 
 enum Source {
     Files(Vec<(PathBuf, MmapedSafetensors)>),
-    Memory(HashMap<String, Tensor>),
+    /// Tensors under HF names; `origin` is the file they were converted from (GGUF), for messages.
+    Memory {
+        tensors: HashMap<String, Tensor>,
+        origin: Option<PathBuf>,
+    },
 }
 
 impl Source {
     fn names(&self) -> BTreeSet<String> {
         match self {
             Self::Files(files) => files.iter().flat_map(|(_, st)| st.tensors().into_iter().map(|(n, _)| n)).collect(),
-            Self::Memory(map) => map.keys().cloned().collect(),
+            Self::Memory { tensors, .. } => tensors.keys().cloned().collect(),
         }
     }
 
@@ -152,14 +170,17 @@ impl Source {
             Self::Files(files) => {
                 files.iter().map(|(p, _)| format!("`{}`", p.display())).collect::<Vec<_>>().join(", ")
             }
-            Self::Memory(_) => "the in-memory weights".into(),
+            Self::Memory { origin: Some(path), .. } => format!("`{}`", path.display()),
+            Self::Memory { origin: None, .. } => "the in-memory weights".into(),
         }
     }
 
     /// The tensor `name` as stored, its shape and the file it came from; `Ok(None)` when absent.
     fn get(&self, name: &str, dev: &Device) -> Result<Option<(Tensor, PathBuf)>, LoadError> {
         match self {
-            Self::Memory(map) => Ok(map.get(name).map(|t| (t.clone(), PathBuf::from("<memory>")))),
+            Self::Memory { tensors, origin } => {
+                Ok(tensors.get(name).map(|t| (t.clone(), origin.clone().unwrap_or_else(|| PathBuf::from("<memory>")))))
+            }
             Self::Files(files) => {
                 // Later files win, as in `MmapedSafetensors::multi`.
                 for (path, st) in files.iter().rev() {
@@ -254,7 +275,7 @@ impl SimpleBackend for Backend {
 
     fn contains_tensor(&self, name: &str) -> bool {
         match &self.0.source {
-            Source::Memory(map) => map.contains_key(name),
+            Source::Memory { tensors, .. } => tensors.contains_key(name),
             Source::Files(files) => files.iter().any(|(_, st)| st.get(name).is_ok()),
         }
     }

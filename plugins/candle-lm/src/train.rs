@@ -11,6 +11,16 @@
 //!
 //! Each step appends one line to `metrics.jsonl`: `{"step", "epoch", "loss", "lr", "grad_norm",
 //! "tokens_per_s"}` (`grad_norm` before clipping).
+//!
+//! **Checkpoints** ([`Trainer::run_checkpointed`]): every `checkpoint_every` steps the run writes
+//! `<dir>/step-NNNNNNNNN/` — the trainable Vars by name (`params.safetensors`), the optimiser's moments and step
+//! ([`crate::optim::AdamW`], `optimizer.safetensors`) and `state.json` (the step, the data-order position as
+//! epoch and batch within it, the metrics so far, and fingerprints of the config and of the data) — into a
+//! temporary directory that is renamed into place once complete, so a crash leaves either a whole checkpoint or
+//! an ignored `.tmp-*` directory. On start the run resumes from the newest checkpoint that loads and whose
+//! fingerprints match. Nothing else carries state from one step to the next: the epoch order is drawn from
+//! `(seed, epoch)`, dropout masks from `(seed, step, micro-batch)` and the learning rate from the step, so a
+//! resumed run ends with weights bitwise equal to an uninterrupted one (on the CPU).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -19,7 +29,7 @@ use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use candle_nn::VarMap;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -28,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Tokenized, make_batch, masked_nll};
 use crate::lora::DropoutRng;
 use crate::model::CausalLm;
+use crate::optim::{AdamW, ParamsAdamW};
 
 /// Learning-rate schedule after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +81,10 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Stop after this many steps instead (more epochs are run if needed).
     pub max_steps: Option<usize>,
+    /// Write a checkpoint every this many optimiser steps (with [`Trainer::run_checkpointed`]); `None`: never.
+    /// Not part of what a checkpoint must match: a run may resume with another cadence.
+    #[serde(default)]
+    pub checkpoint_every: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -89,6 +104,7 @@ impl Default for TrainConfig {
             seed: 0,
             epochs: 10,
             max_steps: None,
+            checkpoint_every: None,
         }
     }
 }
@@ -107,6 +123,9 @@ impl TrainConfig {
         }
         if self.max_grad_norm.is_some_and(|n| n.is_nan() || n <= 0.0) {
             return Err("`max_grad_norm` must be positive".into());
+        }
+        if self.checkpoint_every == Some(0) {
+            return Err("`checkpoint_every` must be at least 1 (or unset)".into());
         }
         if self.epochs == 0 && self.max_steps.is_none() {
             return Err("`epochs` must be at least 1 (or set `max_steps`)".into());
@@ -153,6 +172,9 @@ pub enum TrainError {
     /// The cancel check said stop.
     #[error("cancelled")]
     Cancelled,
+    /// Writing a checkpoint failed.
+    #[error("cannot write a checkpoint: {0}")]
+    Checkpoint(String),
     /// Writing the metrics failed.
     #[error("cannot write metrics: {0}")]
     Io(#[from] std::io::Error),
@@ -207,14 +229,240 @@ fn mix(seed: u64, what: u64, i: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Where a run keeps its checkpoints, and how it reports what it found there.
+pub struct Checkpoints<'a> {
+    /// The directory (created when missing); it holds nothing but this run's checkpoints.
+    pub dir: &'a Path,
+    /// Receives one line when the run resumes ("resuming from step N") or skips an unusable checkpoint.
+    pub log: &'a dyn Fn(&str),
+}
+
+/// Version of the checkpoint layout, in `state.json`.
+const CHECKPOINT_FORMAT: u32 = 1;
+/// Complete checkpoints kept: the newest and one before it, in case the newest cannot be read.
+const CHECKPOINTS_KEPT: usize = 2;
+
+/// `state.json` of a checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    format: u32,
+    /// Optimiser steps done.
+    step: usize,
+    /// Where the data order continues: epoch, and steps of that epoch already done.
+    epoch: usize,
+    batch: usize,
+    /// The config (without `checkpoint_every`) as JSON, and a hash of the usable examples: a checkpoint of
+    /// another run is never resumed.
+    config: String,
+    data: String,
+    /// Metrics of the steps done, floats as bits (JSON text does not round-trip every f64 exactly).
+    history: Vec<SavedMetrics>,
+}
+
+/// [`StepMetrics`] with its floats as bits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedMetrics {
+    step: usize,
+    epoch: usize,
+    loss: u32,
+    lr: u64,
+    grad_norm: u32,
+    tokens_per_s: u64,
+}
+
+impl From<&StepMetrics> for SavedMetrics {
+    fn from(m: &StepMetrics) -> Self {
+        Self {
+            step: m.step,
+            epoch: m.epoch,
+            loss: m.loss.to_bits(),
+            lr: m.lr.to_bits(),
+            grad_norm: m.grad_norm.to_bits(),
+            tokens_per_s: m.tokens_per_s.to_bits(),
+        }
+    }
+}
+
+impl From<&SavedMetrics> for StepMetrics {
+    fn from(m: &SavedMetrics) -> Self {
+        Self {
+            step: m.step,
+            epoch: m.epoch,
+            loss: f32::from_bits(m.loss),
+            lr: f64::from_bits(m.lr),
+            grad_norm: f32::from_bits(m.grad_norm),
+            tokens_per_s: f64::from_bits(m.tokens_per_s),
+        }
+    }
+}
+
+/// The config as a checkpoint records it: everything that changes the result.
+fn config_fingerprint(cfg: &TrainConfig) -> String {
+    let cfg = TrainConfig { checkpoint_every: None, ..cfg.clone() };
+    serde_json::to_string(&cfg).unwrap_or_default()
+}
+
+/// FNV-1a over the usable examples' tokens and loss flags, in order.
+fn data_fingerprint(usable: &[&Tokenized]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(&(usable.len() as u64).to_le_bytes());
+    for e in usable {
+        eat(&(e.ids.len() as u64).to_le_bytes());
+        for (id, loss) in e.ids.iter().zip(&e.loss) {
+            eat(&id.to_le_bytes());
+            eat(&[u8::from(*loss)]);
+        }
+    }
+    format!("{h:016x}")
+}
+
+fn checkpoint_name(step: usize) -> String {
+    format!("step-{step:09}")
+}
+
+/// Complete checkpoint directories in `dir`, newest first.
+fn list_checkpoints(dir: &Path) -> Vec<(usize, std::path::PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut found: Vec<(usize, std::path::PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            e.path().is_dir().then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    found
+}
+
+fn sync_file(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
+/// Writes a checkpoint atomically: into `<dir>/.tmp-…`, then renamed to `<dir>/step-…`; older ones beyond
+/// [`CHECKPOINTS_KEPT`] are removed.
+fn write_checkpoint(
+    dir: &Path,
+    vars: &[(String, Var)],
+    opt: &AdamW,
+    state: &CheckpointState,
+) -> Result<(), TrainError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| TrainError::Checkpoint(format!("{what}: {e}"));
+    let name = checkpoint_name(state.step);
+    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| fail(&format!("cannot remove `{}`", tmp.display()), &e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| fail(&format!("cannot create `{}`", tmp.display()), &e))?;
+    let params = tmp.join("params.safetensors");
+    safetensors::serialize_to_file(vars.iter().map(|(n, v)| (n.as_str(), v.as_tensor())), None, &params)
+        .map_err(|e| fail(&format!("cannot write `{}`", params.display()), &e))?;
+    let optimizer = tmp.join("optimizer.safetensors");
+    opt.save(&optimizer).map_err(|e| fail("optimiser state", &e))?;
+    let json = tmp.join("state.json");
+    let text = serde_json::to_string(state).map_err(|e| fail("state", &e))?;
+    std::fs::write(&json, text).map_err(|e| fail(&format!("cannot write `{}`", json.display()), &e))?;
+    for f in [&params, &optimizer, &json] {
+        sync_file(f).map_err(|e| fail(&format!("cannot sync `{}`", f.display()), &e))?;
+    }
+    let _ = sync_file(&tmp);
+    let target = dir.join(&name);
+    if target.exists() {
+        // A checkpoint of the same step from an earlier attempt (one that could not be resumed).
+        std::fs::remove_dir_all(&target).map_err(|e| fail(&format!("cannot replace `{}`", target.display()), &e))?;
+    }
+    std::fs::rename(&tmp, &target).map_err(|e| fail(&format!("cannot rename into `{}`", target.display()), &e))?;
+    let _ = sync_file(dir);
+    for (step, old) in list_checkpoints(dir).into_iter().skip(CHECKPOINTS_KEPT) {
+        if step < state.step {
+            let _ = std::fs::remove_dir_all(old);
+        }
+    }
+    Ok(())
+}
+
+/// Loads the checkpoint in `path` into `vars` and `opt` when it is complete and belongs to this run (`config`
+/// and `data` fingerprints); on error nothing has changed.
+fn load_checkpoint(
+    path: &Path,
+    vars: &[(String, Var)],
+    opt: &mut AdamW,
+    config: &str,
+    data: &str,
+) -> Result<CheckpointState, String> {
+    let text = std::fs::read_to_string(path.join("state.json")).map_err(|e| format!("no state.json ({e})"))?;
+    let state: CheckpointState = serde_json::from_str(&text).map_err(|e| format!("bad state.json ({e})"))?;
+    if state.format != CHECKPOINT_FORMAT {
+        return Err(format!("layout version {} (expected {CHECKPOINT_FORMAT})", state.format));
+    }
+    if state.config != config {
+        return Err("written with another training config".into());
+    }
+    if state.data != data {
+        return Err("written for other training data".into());
+    }
+    if state.history.len() != state.step {
+        return Err(format!("{} metrics lines for step {}", state.history.len(), state.step));
+    }
+    let device = vars.first().map_or(Device::Cpu, |(_, v)| v.device().clone());
+    let mut tensors = candle_core::safetensors::load(path.join("params.safetensors"), &device)
+        .map_err(|e| format!("cannot read params.safetensors ({e})"))?;
+    if tensors.len() != vars.len() {
+        return Err(format!("{} tensors, the run trains {}", tensors.len(), vars.len()));
+    }
+    let mut values = Vec::with_capacity(vars.len());
+    for (name, var) in vars {
+        let t = tensors.remove(name).ok_or_else(|| format!("no tensor `{name}`"))?;
+        if t.shape() != var.shape() || t.dtype() != var.dtype() {
+            return Err(format!(
+                "`{name}` is {:?} {:?}, expected {:?} {:?}",
+                t.dtype(),
+                t.dims(),
+                var.dtype(),
+                var.dims()
+            ));
+        }
+        values.push(t);
+    }
+    opt.load(&path.join("optimizer.safetensors")).map_err(|e| format!("optimiser state: {e}"))?;
+    if opt.step_count() != state.step {
+        return Err(format!("optimiser at step {}, checkpoint at step {}", opt.step_count(), state.step));
+    }
+    for ((_, var), t) in vars.iter().zip(values) {
+        var.set(&t).map_err(|e| e.to_string())?;
+    }
+    Ok(state)
+}
+
 impl Trainer<'_> {
     /// Trains on `examples`, appending a line per step to `metrics` and calling `progress(done, total)` after
-    /// each step; `cancelled` is checked before every micro-batch. Returns every step's metrics.
+    /// each step; `cancelled` is checked before every micro-batch. Returns every step's metrics. No
+    /// checkpoints: see [`Trainer::run_checkpointed`].
     pub fn run(
         &self,
         examples: &[Tokenized],
         cfg: &TrainConfig,
         metrics: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Vec<StepMetrics>, TrainError> {
+        self.run_checkpointed(examples, cfg, metrics, None, progress, cancelled)
+    }
+
+    /// [`Trainer::run`], resuming from the newest usable checkpoint in `checkpoints.dir` and writing one there
+    /// every `cfg.checkpoint_every` steps (see the module docs). On resume, `metrics` is rewritten to hold the
+    /// checkpoint's steps before new ones are appended, and the returned metrics cover the whole run.
+    pub fn run_checkpointed(
+        &self,
+        examples: &[Tokenized],
+        cfg: &TrainConfig,
+        metrics: &Path,
+        checkpoints: Option<&Checkpoints<'_>>,
         progress: &mut dyn FnMut(u64, u64),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Vec<StepMetrics>, TrainError> {
@@ -238,13 +486,54 @@ impl Trainer<'_> {
             eps: cfg.eps,
             weight_decay: cfg.weight_decay,
         };
-        let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), params)?;
-        let mut out = std::fs::OpenOptions::new().create(true).append(true).open(metrics)?;
-        let mut history = Vec::with_capacity(total);
+        let mut opt = AdamW::new(vars.clone(), params)?;
+        let (config_fp, data_fp) = (config_fingerprint(cfg), data_fingerprint(&usable));
 
-        let mut step = 0;
-        'epochs: for epoch in 0.. {
-            for micro_batches in epoch_plan(usable.len(), cfg, epoch) {
+        let mut history = Vec::with_capacity(total);
+        let (mut step, mut start_epoch, mut start_batch) = (0, 0, 0);
+        if let Some(ck) = checkpoints {
+            std::fs::create_dir_all(ck.dir)
+                .map_err(|e| TrainError::Checkpoint(format!("cannot create `{}`: {e}", ck.dir.display())))?;
+            // Leftovers of a crash while writing: never complete, never read.
+            if let Ok(entries) = std::fs::read_dir(ck.dir) {
+                for e in entries.filter_map(Result::ok) {
+                    if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+            for (_, path) in list_checkpoints(ck.dir) {
+                match load_checkpoint(&path, &vars, &mut opt, &config_fp, &data_fp) {
+                    Ok(state) => {
+                        (ck.log)(&format!("resuming from step {} (checkpoint `{}`)", state.step, path.display()));
+                        (step, start_epoch, start_batch) = (state.step, state.epoch, state.batch);
+                        history = state.history.iter().map(StepMetrics::from).collect();
+                        break;
+                    }
+                    Err(why) => {
+                        // Half-written or of another run: never resumable, so it would only be retried.
+                        (ck.log)(&format!("removing checkpoint `{}`, which cannot be resumed: {why}", path.display()));
+                        let _ = std::fs::remove_dir_all(&path);
+                    }
+                }
+            }
+        }
+        let mut out = if step > 0 {
+            let mut f = std::fs::File::create(metrics)?;
+            for m in &history {
+                writeln!(f, "{}", serde_json::to_string(m).map_err(std::io::Error::other)?)?;
+            }
+            progress(step as u64, total as u64);
+            f
+        } else {
+            std::fs::OpenOptions::new().create(true).append(true).open(metrics)?
+        };
+
+        'epochs: for epoch in start_epoch.. {
+            let skip = if epoch == start_epoch { start_batch } else { 0 };
+            let plan = epoch_plan(usable.len(), cfg, epoch);
+            let plan_len = plan.len();
+            for (batch_index, micro_batches) in plan.into_iter().enumerate().skip(skip) {
                 if step >= total {
                     break 'epochs;
                 }
@@ -321,6 +610,23 @@ impl Trainer<'_> {
                 };
                 writeln!(out, "{}", serde_json::to_string(&m).map_err(std::io::Error::other)?)?;
                 history.push(m);
+                if let (Some(ck), Some(every)) = (checkpoints, cfg.checkpoint_every)
+                    && step % every == 0
+                {
+                    out.flush()?;
+                    let (epoch, batch) =
+                        if batch_index + 1 == plan_len { (epoch + 1, 0) } else { (epoch, batch_index + 1) };
+                    let state = CheckpointState {
+                        format: CHECKPOINT_FORMAT,
+                        step,
+                        epoch,
+                        batch,
+                        config: config_fp.clone(),
+                        data: data_fp.clone(),
+                        history: history.iter().map(SavedMetrics::from).collect(),
+                    };
+                    write_checkpoint(ck.dir, &vars, &opt, &state)?;
+                }
                 progress(step as u64, total as u64);
             }
             if epoch > total {

@@ -1,6 +1,7 @@
 //! The decoders, one file per architecture family, and what they share: the architecture chosen from a
 //! `config.json`, the KV cache, and the [`CausalLm`] trait the training loop and the sampler drive.
 
+pub mod gemma2;
 pub mod llama;
 
 use std::path::Path;
@@ -20,6 +21,12 @@ pub trait CausalLm {
 impl CausalLm for llama::Model {
     fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         llama::Model::forward(self, input_ids, cache)
+    }
+}
+
+impl CausalLm for gemma2::Model {
+    fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        gemma2::Model::forward(self, input_ids, cache)
     }
 }
 
@@ -68,13 +75,15 @@ impl KvCache {
 }
 
 /// The `model_type`s with a decoder here, for error messages.
-pub const SUPPORTED: &str = "llama, mistral, qwen2";
+pub const SUPPORTED: &str = "llama, mistral, qwen2, gemma2";
 
 /// A parsed model config, by family.
 #[derive(Debug, Clone)]
 pub enum ModelConfig {
     /// Llama, Mistral, SmolLM, Qwen2.
     Llama(llama::Config),
+    /// Gemma-2.
+    Gemma2(gemma2::Config),
 }
 
 impl ModelConfig {
@@ -94,6 +103,7 @@ impl ModelConfig {
                     "LlamaForCausalLM" => "llama",
                     "MistralForCausalLM" => "mistral",
                     "Qwen2ForCausalLM" => "qwen2",
+                    "Gemma2ForCausalLM" => "gemma2",
                     other => other,
                 }
                 .to_owned(),
@@ -120,6 +130,11 @@ impl ModelConfig {
                 cfg.validate().map_err(|message| LoadError::InvalidConfig { path: path.to_owned(), message })?;
                 Self::Llama(cfg)
             }
+            "gemma2" => {
+                let cfg: gemma2::Config = serde_json::from_value(value).map_err(json_err)?;
+                cfg.validate().map_err(|message| LoadError::InvalidConfig { path: path.to_owned(), message })?;
+                Self::Gemma2(cfg)
+            }
             _ => {
                 return Err(LoadError::UnknownArchitecture {
                     path: path.to_owned(),
@@ -135,6 +150,7 @@ impl ModelConfig {
     pub fn vocab_size(&self) -> usize {
         match self {
             Self::Llama(c) => c.vocab_size,
+            Self::Gemma2(c) => c.vocab_size,
         }
     }
 }
@@ -143,6 +159,8 @@ impl ModelConfig {
 pub enum Decoder {
     /// Llama, Mistral, SmolLM, Qwen2.
     Llama(llama::Model),
+    /// Gemma-2.
+    Gemma2(gemma2::Model),
 }
 
 impl Decoder {
@@ -150,6 +168,7 @@ impl Decoder {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder, lora: Option<&LoraSet>) -> Result<Self> {
         match cfg {
             ModelConfig::Llama(c) => Ok(Self::Llama(llama::Model::new(c, vb, lora)?)),
+            ModelConfig::Gemma2(c) => Ok(Self::Gemma2(gemma2::Model::new(c, vb, lora)?)),
         }
     }
 }
@@ -158,6 +177,7 @@ impl CausalLm for Decoder {
     fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         match self {
             Self::Llama(m) => m.forward(input_ids, cache),
+            Self::Gemma2(m) => m.forward(input_ids, cache),
         }
     }
 }

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde_json::{Map, Value};
 use tokenizers::Tokenizer;
 
+use crate::gguf::{self, Gguf};
 use crate::load::{self, LoadOptions, Loaded};
 use crate::lora::{LoraConfig, LoraSet};
 
@@ -27,13 +28,21 @@ pub(crate) fn tokenizer_file(input: &Path) -> PathBuf {
     if input.is_dir() { input.join("tokenizer.json") } else { input.to_owned() }
 }
 
-/// Loads a `tokenizer.json` (or the one in a directory).
+/// Loads a `tokenizer.json` (or the one in a directory, or the one a GGUF file's metadata describes).
 pub(crate) fn load_tokenizer(input: &Path) -> Result<Tokenizer, Error> {
+    if is_gguf(input) {
+        return Ok(Gguf::open(input)?.tokenizer()?);
+    }
     let path = tokenizer_file(input);
     if !path.is_file() {
         return Err(Error::Failed(format!("`{}`: no such tokenizer file", path.display())));
     }
     Tokenizer::from_file(&path).map_err(|e| Error::Failed(format!("`{}`: not a valid tokenizer: {e}", path.display())))
+}
+
+/// Whether the `model` input is a GGUF file rather than a model directory.
+pub(crate) fn is_gguf(input: &Path) -> bool {
+    input.is_file() && gguf::is_gguf(input)
 }
 
 /// Reads a JSON object file; `Ok(None)` when it does not exist.
@@ -75,8 +84,12 @@ pub(crate) fn bos_id(tokenizer: &Tokenizer) -> Option<u32> {
 }
 
 /// The ids that end generation: `eos_token` of `tokenizer_config.json` and `eos_token_id` of `config.json` and
-/// `generation_config.json` (a number or a list; Llama 3 lists several), deduplicated.
+/// `generation_config.json` (a number or a list; Llama 3 lists several), deduplicated. For a GGUF file: its
+/// `tokenizer.ggml.eos_token_id` and `eot_token_id`.
 pub(crate) fn eos_ids(model_dir: &Path, tokenizer: &Tokenizer) -> Result<Vec<u32>, Error> {
+    if is_gguf(model_dir) {
+        return Ok(Gguf::open(model_dir)?.eos_ids()?);
+    }
     let mut ids = Vec::new();
     if let Some(cfg) = read_object(&model_dir.join("tokenizer_config.json"))?
         && let Some(text) = token_text(cfg.get("eos_token"))
@@ -99,8 +112,13 @@ pub(crate) fn eos_ids(model_dir: &Path, tokenizer: &Tokenizer) -> Result<Vec<u32
     Ok(ids)
 }
 
-/// Copies the side files `from` has into `to` (a trained model keeps its config and tokenizer).
+/// Copies the side files `from` has into `to` (a trained model keeps its config and tokenizer). From a GGUF
+/// file, they are written from its metadata (`config.json`, `tokenizer.json`, `tokenizer_config.json`), so the
+/// trained model is an ordinary HF model directory.
 pub(crate) fn copy_side_files(from: &Path, to: &Path) -> Result<(), Error> {
+    if is_gguf(from) {
+        return Ok(Gguf::open(from)?.write_side_files(to)?);
+    }
     for name in SIDE_FILES {
         let src = from.join(name);
         if src.is_file() {
@@ -218,7 +236,7 @@ impl Adapter {
 
 /// Loads the model in `dir`, with `adapter` merged into its weights when given (so the result is a plain model:
 /// trainable in full, or sampled at the speed of the base). `lora` attaches new adapters as in
-/// [`load::load_dir`].
+/// [`load::load_dir`]. `dir` may be a GGUF file.
 pub(crate) fn load_model(
     dir: &Path,
     adapter: Option<&Adapter>,
@@ -226,13 +244,18 @@ pub(crate) fn load_model(
     lora: Option<&LoraSet>,
 ) -> Result<Loaded, Error> {
     let Some(adapter) = adapter else { return Ok(load::load_dir(dir, opts, lora)?) };
-    let config = load::read_config(dir)?;
-    let mut weights = HashMap::new();
-    for path in load::weight_files(dir)? {
-        let part = candle_core::safetensors::load(&path, &opts.device)
-            .map_err(|e| Error::Failed(format!("`{}`: not a valid safetensors file: {e}", path.display())))?;
-        weights.extend(part);
-    }
+    let (config, mut weights) = if is_gguf(dir) {
+        let file = Gguf::open(dir)?;
+        (file.config()?, file.tensors(&opts.device)?)
+    } else {
+        let mut weights = HashMap::new();
+        for path in load::weight_files(dir)? {
+            let part = candle_core::safetensors::load(&path, &opts.device)
+                .map_err(|e| Error::Failed(format!("`{}`: not a valid safetensors file: {e}", path.display())))?;
+            weights.extend(part);
+        }
+        (load::read_config(dir)?, weights)
+    };
     // The adapter's modules are known only from its tensor names: B (out × r) times A (r × in) is the update.
     let scale = adapter.config.scale();
     for (name, a) in &adapter.tensors {

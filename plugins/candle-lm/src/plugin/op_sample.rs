@@ -2,6 +2,9 @@
 //! input order as `{"finish", "id", "instruction", "prompt", "reference", "response", "tokens"}` with sorted keys
 //! (`instruction` and `reference` passed through when the row has them, so judges can join on `id`).
 //!
+//! The `model` input is a Hugging Face model directory or a GGUF file (tokenizer, eos and weights then come from
+//! the file, see [`crate::gguf`]).
+//!
 //! The prompt is used as is (the `dataset` stage already applied the chat template), preceded by the
 //! tokenizer's bos when it has one, as in training. Generation ends at an eos (`finish = "stop"`; the eos is
 //! counted in `tokens` but not part of `response`), at a stop string (`"stop"`; the response is cut before it)

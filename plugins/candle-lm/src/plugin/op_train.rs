@@ -4,6 +4,11 @@
 //! Method `lm` marks every segment as a loss segment before tokenizing: plain causal-LM training on the whole
 //! text, for pre-training a tiny model from `init`. A known bos token is prepended to every example (see
 //! [`files::bos_id`]), in training and in `sample` alike.
+//!
+//! Checkpoints (param `checkpoint_every`, default every 50 steps, 0 = off) go to `checkpoints/` in the stage's
+//! scratch directory, which rto keeps across failed or interrupted attempts of the same action and deletes after
+//! success: a retried `train` resumes from the newest one ("resuming from step N" in the log) and ends with the
+//! weights an uninterrupted run would have written.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +21,7 @@ use super::params::{Method, TrainParams};
 use crate::data::{self, Tokenized};
 use crate::load::LoadOptions;
 use crate::lora::LoraSet;
-use crate::train::{TrainError, Trainer};
+use crate::train::{Checkpoints, TrainError, Trainer};
 
 /// Runs `train`.
 pub(super) fn run(p: &TrainParams, ctx: &mut OpContext<'_>) -> Result<Value, Error> {
@@ -92,9 +97,19 @@ pub(super) fn run(p: &TrainParams, ctx: &mut OpContext<'_>) -> Result<Value, Err
     let trainer =
         Trainer { model: &loaded.decoder, params, dropout: lora.as_ref().map(|s| s.dropout()), device: &device };
     let metrics = ctx.out_dir.join("metrics.jsonl");
+    let checkpoint_dir = ctx.scratch_dir.join("checkpoints");
     let history = {
         let ctx = &*ctx;
-        trainer.run(&tokenized, &p.train, &metrics, &mut |done, total| ctx.progress(done, total), &|| ctx.cancelled())
+        let log = |line: &str| ctx.log(line);
+        let checkpoints = Checkpoints { dir: &checkpoint_dir, log: &log };
+        trainer.run_checkpointed(
+            &tokenized,
+            &p.train,
+            &metrics,
+            Some(&checkpoints),
+            &mut |done, total| ctx.progress(done, total),
+            &|| ctx.cancelled(),
+        )
     };
     let history = match history {
         Ok(h) => h,

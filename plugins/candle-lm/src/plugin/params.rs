@@ -148,6 +148,7 @@ impl Method {
 const TRAIN_KEYS: &[&str] = &[
     "beta1",
     "beta2",
+    "checkpoint_every",
     "dtype",
     "epochs",
     "eps",
@@ -164,6 +165,8 @@ const TRAIN_KEYS: &[&str] = &[
     "warmup_steps",
     "weight_decay",
 ];
+/// `train`'s default checkpoint cadence, in optimiser steps.
+pub(crate) const DEFAULT_CHECKPOINT_EVERY: usize = 50;
 const LORA_KEYS: &[&str] = &["alpha", "dropout", "r", "target_modules"];
 
 /// `train`'s params.
@@ -238,6 +241,12 @@ impl TrainParams {
             seed: opt(top, "seed", &[], uint)?.unwrap_or(d.seed),
             epochs: opt(top, "epochs", &[], usize_)?.unwrap_or(d.epochs),
             max_steps: opt(top, "max_steps", &[], usize_)?,
+            // TOML has no null: 0 switches checkpoints off.
+            checkpoint_every: match opt(top, "checkpoint_every", &[], usize_)? {
+                None => Some(DEFAULT_CHECKPOINT_EVERY),
+                Some(0) => None,
+                Some(n) => Some(n),
+            },
         };
         if train.max_steps == Some(0) {
             return Err(Error::param(&["max_steps"], "`max_steps` must be at least 1"));

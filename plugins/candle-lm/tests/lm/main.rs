@@ -1,9 +1,12 @@
 //! candle-lm's tests, one binary with a module per area.
 
+mod gemma2;
+mod gguf;
 mod grads;
 mod load_errors;
 mod logits;
 mod lora;
+mod resume;
 mod sample;
 mod support;
 mod train;

@@ -141,3 +141,95 @@ fn full_fine_tuning_writes_a_model() {
     assert!(weights.contains_key("model.layers.1.mlp.down_proj.weight"));
     assert!(!weights.contains_key("lm_head.weight"), "tied: the head is the embedding");
 }
+
+/// A host that asks the op to stop once `stop_after` steps are reported done, like rto cancelling (or the
+/// machine dying) mid-run.
+#[derive(Default)]
+struct StopAfter {
+    stop_after: Option<u64>,
+    done: std::cell::Cell<u64>,
+    log: std::cell::RefCell<Vec<String>>,
+}
+
+impl api::Host for StopAfter {
+    fn log(&self, _level: u32, message: &str) {
+        self.log.borrow_mut().push(message.to_owned());
+    }
+    fn progress(&self, done: u64, _total: u64, _message: &str) {
+        self.done.set(done);
+    }
+    fn is_cancelled(&self) -> bool {
+        self.stop_after.is_some_and(|s| self.done.get() >= s)
+    }
+}
+
+/// `train` with a given scratch directory (rto keeps it across attempts of one action) and a fresh `out`.
+fn train_in(
+    scratch: &std::path::Path,
+    out: &std::path::Path,
+    params: &Value,
+    inputs: &[(&str, &std::path::Path)],
+    host: &StopAfter,
+) -> Result<Value, api::client::InvokeError> {
+    std::fs::create_dir_all(scratch).unwrap();
+    std::fs::create_dir_all(out).unwrap();
+    let request = api::protocol::Request {
+        protocol: api::protocol::PROTOCOL_VERSION.into(),
+        stage_id: "train".into(),
+        params: params.clone(),
+        inputs: inputs.iter().map(|(k, p)| (k.to_string(), p.to_path_buf())).collect(),
+        out_dir: out.to_path_buf(),
+        scratch_dir: scratch.to_path_buf(),
+        gpus: vec![],
+        validate_only: false,
+    };
+    let plugin = crate::plugin();
+    let mut instance = plugin.create(&Value::Null).expect("create");
+    instance.invoke("train", &request, host)
+}
+
+/// A `train` cancelled after step 7 (checkpoints every 3 steps) and invoked again with the same scratch
+/// directory resumes from step 6 and writes the adapter bytes and summary of an uninterrupted run.
+#[test]
+fn an_interrupted_train_resumes_from_its_checkpoint() {
+    let w = Work::default();
+    let tok = write_tokenizer(&w);
+    let (_, init) = w.invoke("init", tiny(), &[("tokenizer", &tok)]);
+    let model = init.join("model");
+    let data = write_train(&w, 2);
+    let inputs: [(&str, &std::path::Path); 2] = [("model", &model), ("data", &data)];
+    let params = json!({"lr": 1e-2, "micro_batch": 2, "grad_accum": 1, "max_steps": 10, "warmup_steps": 2,
+                        "schedule": "cosine", "checkpoint_every": 3, "seed": 5,
+                        "lora": {"r": 4, "alpha": 8, "dropout": 0.1}});
+    let (straight, straight_out) = w.invoke("train", params.clone(), &inputs);
+    assert_eq!(straight["steps"], 10);
+    let adapter = |d: &std::path::Path| std::fs::read(d.join("adapter/adapter_model.safetensors")).unwrap();
+
+    let scratch = w.path("attempts/scratch");
+    let killed = StopAfter { stop_after: Some(7), ..Default::default() };
+    let e = train_in(&scratch, &w.path("attempts/out1"), &params, &inputs, &killed).unwrap_err();
+    assert_eq!(e.status, api::ffi::STATUS_CANCELLED, "{e}");
+    assert!(scratch.join("checkpoints/step-000000006").is_dir());
+
+    let again = StopAfter::default();
+    let out = w.path("attempts/out2");
+    let resumed = train_in(&scratch, &out, &params, &inputs, &again).unwrap();
+    let log = again.log.borrow();
+    assert!(log.iter().any(|l| l.starts_with("resuming from step 6 ")), "{log:?}");
+    assert_eq!(adapter(&out), adapter(&straight_out), "the adapter of an uninterrupted run");
+    assert_eq!(resumed, straight, "the same summary");
+    let steps: Vec<u64> = metrics(&out).iter().map(|m| m["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=10).collect::<Vec<u64>>(), "metrics.jsonl covers the whole run");
+    let (losses, straight_losses): (Vec<Value>, Vec<Value>) = (
+        metrics(&out).iter().map(|m| m["loss"].clone()).collect(),
+        metrics(&straight_out).iter().map(|m| m["loss"].clone()).collect(),
+    );
+    assert_eq!(losses, straight_losses);
+
+    // `checkpoint_every = 0` writes none.
+    let mut off = params.clone();
+    off["checkpoint_every"] = 0.into();
+    let none = w.path("off/scratch");
+    train_in(&none, &w.path("off/out"), &off, &inputs, &StopAfter::default()).unwrap();
+    assert_eq!(std::fs::read_dir(none.join("checkpoints")).unwrap().count(), 0);
+}
