@@ -7,15 +7,21 @@
 //!   optionally with [`EXTENDED_PHRASES`] anywhere in it. Summary: refusal rate with a Wilson 95% interval.
 //! - `exact-match`: responses against references joined by `id`. Summary: accuracy with a Wilson 95% interval.
 //! - `length`: characters and whitespace-separated words per response. Summary: mean, median, min, max, p90.
+//! - `pairwise-correctness`: two models' responses (`a`, `b`) on the same items, each checked against references
+//!   joined by `id`; per item the model that is right where the other is wrong wins, else a tie (0.5). Summary:
+//!   wins, ties, the win rate of `a` with its standard error and a seeded paired-bootstrap 95% interval, both
+//!   accuracies with Wilson intervals, and the same per group (`family` by default).
 //!
-//! Outputs depend only on params and input bytes (no clock, no randomness, no hash-map order), so a re-run of
-//! the stage is byte-identical and rto's early cut-off keeps its dependants cached.
+//! Outputs depend only on params and input bytes (no clock, no hash-map order, randomness only from a seeded
+//! generator whose seed is a param and is echoed in the summary), so a re-run of the stage is byte-identical and
+//! rto's early cut-off keeps its dependants cached.
 #![deny(missing_docs)]
 
 mod jsonl;
 mod params;
 pub mod stats;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use api::protocol::OpInfo;
@@ -23,7 +29,7 @@ use api::{Backend, Error, Kind, OpContext};
 use serde::Serialize;
 use serde_json::Value;
 
-use params::{Mode, Op};
+use params::{GroupBy, Match, Mode, Op};
 pub use stats::{Z_95, wilson_95, wilson_interval};
 
 /// XSTest's string-match classifier (`classify_completions_strmatch.py`, Röttger et al. 2024): a response that,
@@ -109,6 +115,10 @@ impl Backend for JudgeRules {
             api::op("refusal", "refusal or compliance per response, by refusal prefixes and phrases (XSTest)"),
             api::op("exact-match", "correct or incorrect per response against references joined by id"),
             api::op("length", "characters and words per response, with mean, median, min, max and p90"),
+            api::op(
+                "pairwise-correctness",
+                "which of two models' responses is correct per item against references, with the win rate of `a`",
+            ),
         ]
     }
 
@@ -146,6 +156,7 @@ impl Backend for JudgeRules {
             Op::Refusal(p) => refusal(&p, ctx),
             Op::ExactMatch(p) => exact_match(&p, ctx),
             Op::Length(p) => length(&p, ctx),
+            Op::Pairwise(p) => pairwise(&p, ctx),
         }
     }
 }
@@ -267,16 +278,15 @@ pub fn normalise(text: &str) -> String {
     collapsed.trim_end_matches(['.', '!', '?']).trim_end().to_string()
 }
 
-/// A reference row's accepted answers: `reference` is one string or a list of strings (any one may match).
-fn references(input: &jsonl::Input, row: &jsonl::Row) -> Result<Vec<String>, Error> {
-    let bad =
-        || Error::Failed(format!("{}: field `reference` must be a string or a list of strings", input.at(row.line)));
-    match row.fields.get("reference") {
+/// A reference row's accepted answers: field `key` is one string or a list of strings (any one may match).
+fn references(input: &jsonl::Input, row: &jsonl::Row, key: &str) -> Result<Vec<String>, Error> {
+    let bad = || Error::Failed(format!("{}: field `{key}` must be a string or a list of strings", input.at(row.line)));
+    match row.fields.get(key) {
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(items)) if !items.is_empty() => {
             items.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(bad)).collect()
         }
-        None => Err(Error::Failed(format!("{}: no field `reference`", input.at(row.line)))),
+        None => Err(Error::Failed(format!("{}: no field `{key}`", input.at(row.line)))),
         Some(_) => Err(bad()),
     }
 }
@@ -308,7 +318,7 @@ fn exact_match(p: &params::ExactMatch, ctx: &OpContext<'_>) -> Result<Value, Err
             )));
         };
         let answer = norm(responses.text(row, &p.field)?);
-        let correct = references(&refs, reference)?.iter().any(|r| norm(r) == answer);
+        let correct = references(&refs, reference, "reference")?.iter().any(|r| norm(r) == answer);
         items.push(ExactItem { id: row.id.clone(), verdict: if correct { "correct" } else { "incorrect" } });
         tick(ctx, i + 1, responses.rows.len())?;
     }
@@ -351,4 +361,216 @@ fn length(p: &params::Length, ctx: &OpContext<'_>) -> Result<Value, Error> {
         &items,
         &LengthSummary { chars: stats::describe(&chars), n: items.len(), words: stats::describe(&words) },
     )
+}
+
+#[derive(Serialize)]
+struct PairItem {
+    correct_a: bool,
+    correct_b: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    id: Value,
+    verdict: &'static str,
+}
+
+impl PairItem {
+    /// `a`'s score on the item: 1 for a win, 0.5 for a tie, 0 for a loss.
+    fn score_a(&self) -> f64 {
+        match (self.correct_a, self.correct_b) {
+            (true, false) => 1.0,
+            (false, true) => 0.0,
+            _ => 0.5,
+        }
+    }
+}
+
+/// The statistics of a set of items: the whole run, or one group.
+#[derive(Serialize)]
+struct PairStats {
+    accuracy_a: Option<f64>,
+    accuracy_b: Option<f64>,
+    correct_a: usize,
+    correct_b: usize,
+    n: usize,
+    ties: usize,
+    wilson_95_a: Option<[f64; 2]>,
+    wilson_95_b: Option<[f64; 2]>,
+    win_rate_a: Option<f64>,
+    win_rate_a_ci_95: Option<[f64; 2]>,
+    win_rate_a_se: Option<f64>,
+    wins_a: usize,
+    wins_b: usize,
+}
+
+fn pair_stats(items: &[&PairItem], p: &params::Pairwise, ctx: &OpContext<'_>) -> Result<PairStats, Error> {
+    let n = items.len();
+    let count = |f: &dyn Fn(&PairItem) -> bool| items.iter().filter(|it| f(it)).count();
+    let correct_a = count(&|it| it.correct_a);
+    let correct_b = count(&|it| it.correct_b);
+    let wins_a = count(&|it| it.verdict == "a");
+    let wins_b = count(&|it| it.verdict == "b");
+    let scores: Vec<f64> = items.iter().map(|it| it.score_a()).collect();
+    let (accuracy_a, wilson_95_a) = interval(correct_a, n);
+    let (accuracy_b, wilson_95_b) = interval(correct_b, n);
+    // Counted rather than summed, so the point estimate is the exactly rounded (wins + ties / 2) / n.
+    let win_rate_a = (n > 0).then(|| (wins_a as f64 + (n - wins_a - wins_b) as f64 / 2.0) / n as f64);
+    let mut stopped = false;
+    let replicates = stats::bootstrap_means(&scores, p.bootstrap, p.seed, || {
+        stopped = ctx.cancelled();
+        stopped
+    });
+    if stopped {
+        return Err(Error::Cancelled);
+    }
+    let ci = replicates.and_then(|r| stats::percentile_interval(&r, 0.95)).map(|(lo, hi)| [lo, hi]);
+    Ok(PairStats {
+        accuracy_a,
+        accuracy_b,
+        correct_a,
+        correct_b,
+        n,
+        ties: n - wins_a - wins_b,
+        wilson_95_a,
+        wilson_95_b,
+        win_rate_a,
+        win_rate_a_ci_95: ci,
+        win_rate_a_se: stats::standard_error(&scores),
+        wins_a,
+        wins_b,
+    })
+}
+
+/// Whether `answer` matches `reference` (both already normalised or not, as the params say).
+fn matches(answer: &str, reference: &str, how: Match) -> bool {
+    match how {
+        Match::Exact => answer == reference,
+        // A word boundary after the reference, so "4" does not match "42" nor "paris" "parisian".
+        Match::Prefix => {
+            answer.strip_prefix(reference).is_some_and(|rest| rest.chars().next().is_none_or(|c| !c.is_alphanumeric()))
+        }
+    }
+}
+
+/// An item's group: the field in its reference row, else in its `a` row, else in its `b` row.
+fn group_of(key: &str, rows: [(&jsonl::Input, &jsonl::Row); 3]) -> Result<String, Error> {
+    for (input, row) in rows {
+        match row.fields.get(key) {
+            None => continue,
+            Some(Value::String(s)) => return Ok(s.clone()),
+            Some(Value::Number(x)) if x.is_i64() || x.is_u64() => return Ok(x.to_string()),
+            Some(other) => {
+                return Err(Error::Failed(format!(
+                    "{}: group field `{key}` must be a string or an integer, not {other}",
+                    input.at(row.line)
+                )));
+            }
+        }
+    }
+    let (refs, row) = rows[0];
+    Err(Error::Failed(format!(
+        "{}: id {} has no field `{key}` to group by, nor has its row in input `a` or `b`; \
+         give every row one, or set `group_by = false` for no breakdown",
+        refs.at(row.line),
+        row.id
+    )))
+}
+
+fn pairwise(p: &params::Pairwise, ctx: &OpContext<'_>) -> Result<Value, Error> {
+    let a = jsonl::read(ctx, "a")?;
+    let b = jsonl::read(ctx, "b")?;
+    let refs = jsonl::read(ctx, "references")?;
+    let (a_ids, b_ids, ref_ids) = (a.by_id(), b.by_id(), refs.by_id());
+    // `a` and `b` must cover the same items: a comparison on different item sets is not paired. References may
+    // hold more (a `sample` stage with a `limit` answers only the first rows of the eval set).
+    if let Some(orphan) = b.rows.iter().find(|r| !a_ids.contains_key(&r.id.to_string())) {
+        return Err(Error::Failed(format!(
+            "{}: id {} has no response in input `a` (`{}`)",
+            b.at(orphan.line),
+            orphan.id,
+            a.path.display()
+        )));
+    }
+    let mut joined = Vec::with_capacity(a.rows.len());
+    for row in &a.rows {
+        let key = row.id.to_string();
+        let Some(b_row) = b_ids.get(&key) else {
+            return Err(Error::Failed(format!(
+                "{}: id {} has no response in input `b` (`{}`)",
+                a.at(row.line),
+                row.id,
+                b.path.display()
+            )));
+        };
+        let Some(ref_row) = ref_ids.get(&key) else {
+            return Err(Error::Failed(format!(
+                "{}: id {} has no reference in input `references` (`{}`)",
+                a.at(row.line),
+                row.id,
+                refs.path.display()
+            )));
+        };
+        joined.push((row, *b_row, *ref_row));
+    }
+    let group_key: Option<&str> = match &p.group_by {
+        GroupBy::Off => None,
+        GroupBy::Field(f) => Some(f),
+        GroupBy::Default => joined
+            .iter()
+            .any(|(ra, rb, rr)| [ra, rb, rr].iter().any(|r| r.fields.contains_key("family")))
+            .then_some("family"),
+    };
+    let norm = |s: &str| if p.normalise { normalise(s) } else { s.to_string() };
+    let mut items = Vec::with_capacity(joined.len());
+    for (i, (ra, rb, rr)) in joined.iter().enumerate() {
+        let accepted: Vec<String> = references(&refs, rr, &p.reference_field)?.iter().map(|r| norm(r)).collect();
+        if p.matching == Match::Prefix && accepted.iter().any(String::is_empty) {
+            return Err(Error::Failed(format!(
+                "{}: a reference in field `{}` is empty{}, and as a prefix would match every response",
+                refs.at(rr.line),
+                p.reference_field,
+                if p.normalise { " after normalisation" } else { "" }
+            )));
+        }
+        let correct = |input: &jsonl::Input, row: &jsonl::Row| -> Result<bool, Error> {
+            let answer = norm(input.text(row, &p.field)?);
+            Ok(accepted.iter().any(|r| matches(&answer, r, p.matching)))
+        };
+        let (correct_a, correct_b) = (correct(&a, ra)?, correct(&b, rb)?);
+        let group = group_key.map(|k| group_of(k, [(&refs, rr), (&a, ra), (&b, rb)])).transpose()?;
+        let verdict = match (correct_a, correct_b) {
+            (true, false) => "a",
+            (false, true) => "b",
+            _ => "tie",
+        };
+        items.push(PairItem { correct_a, correct_b, group, id: ra.id.clone(), verdict });
+        tick(ctx, i + 1, joined.len())?;
+    }
+    let all: Vec<&PairItem> = items.iter().collect();
+    let overall = pair_stats(&all, p, ctx)?;
+    let groups = match group_key {
+        None => Value::Null,
+        Some(_) => {
+            let mut by_group: BTreeMap<&str, Vec<&PairItem>> = BTreeMap::new();
+            for it in &items {
+                by_group.entry(it.group.as_deref().unwrap_or_default()).or_default().push(it);
+            }
+            let mut out = serde_json::Map::new();
+            for (g, members) in by_group {
+                out.insert(g.to_string(), serde_json::to_value(pair_stats(&members, p, ctx)?)?);
+            }
+            Value::Object(out)
+        }
+    };
+    // A BTreeMap serialises its keys sorted, whatever serde_json's map order.
+    let Value::Object(overall) = serde_json::to_value(overall)? else {
+        return Err(Error::Failed("internal: the summary did not serialise to an object".into()));
+    };
+    let mut summary: BTreeMap<String, Value> = overall.into_iter().collect();
+    summary.insert("bootstrap".into(), Value::from(p.bootstrap));
+    summary.insert("group_by".into(), group_key.map_or(Value::Null, Value::from));
+    summary.insert("groups".into(), groups);
+    summary.insert("match".into(), Value::from(p.matching.name()));
+    summary.insert("normalise".into(), Value::from(p.normalise));
+    summary.insert("seed".into(), Value::from(p.seed));
+    write_outputs(ctx, &items, &summary)
 }

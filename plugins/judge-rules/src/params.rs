@@ -51,12 +51,58 @@ pub(crate) struct Length {
     pub field: String,
 }
 
+/// How `pairwise-correctness` compares a response with a reference (both normalised when `normalise`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Match {
+    /// The response equals the reference.
+    Exact,
+    /// The response starts with the reference, followed by the end or a character that is not alphanumeric.
+    Prefix,
+}
+
+impl Match {
+    /// The name a study writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Match::Exact => "exact",
+            Match::Prefix => "prefix",
+        }
+    }
+}
+
+/// Which field, if any, `pairwise-correctness` groups items by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GroupBy {
+    /// Not given: `family` when any row has it, else no breakdown.
+    Default,
+    /// Given: every item must carry it.
+    Field(String),
+    /// `false`: no breakdown.
+    Off,
+}
+
+/// `pairwise-correctness`'s params.
+#[derive(Debug, Clone)]
+pub(crate) struct Pairwise {
+    pub field: String,
+    pub reference_field: String,
+    pub normalise: bool,
+    pub matching: Match,
+    pub bootstrap: u64,
+    pub seed: u64,
+    pub group_by: GroupBy,
+}
+
+/// The most bootstrap replicates accepted: beyond this the CI does not move, and the op would just be slow.
+pub(crate) const MAX_BOOTSTRAP: u64 = 1_000_000;
+
 /// An op with its parsed params.
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
     Refusal(Refusal),
     ExactMatch(ExactMatch),
     Length(Length),
+    Pairwise(Pairwise),
 }
 
 impl Op {
@@ -109,9 +155,63 @@ impl Op {
                 let p = table(op, params, &["field"])?;
                 Ok(Op::Length(Length { field: field(&p)? }))
             }
-            other => {
-                Err(Error::Failed(format!("judge-rules has no op `{other}`; its ops: refusal, exact-match, length")))
+            "pairwise-correctness" => {
+                let p = table(
+                    op,
+                    params,
+                    &["bootstrap", "field", "group_by", "match", "normalise", "reference_field", "seed"],
+                )?;
+                let matching = match string(&p, "match")?.as_deref() {
+                    None | Some("exact") => Match::Exact,
+                    Some("prefix") => Match::Prefix,
+                    Some(other) => {
+                        return Err(Error::param(
+                            &["match"],
+                            format!("unknown match `{other}`; valid: \"exact\", \"prefix\""),
+                        ));
+                    }
+                };
+                let bootstrap = integer(&p, "bootstrap")?.unwrap_or(2000);
+                if bootstrap > MAX_BOOTSTRAP {
+                    return Err(Error::param(
+                        &["bootstrap"],
+                        format!("`bootstrap` is {bootstrap}; at most {MAX_BOOTSTRAP} replicates (0 turns it off)"),
+                    ));
+                }
+                let group_by = match p.get("group_by") {
+                    None => GroupBy::Default,
+                    Some(Value::Bool(false)) => GroupBy::Off,
+                    Some(Value::String(s)) if !s.is_empty() => GroupBy::Field(s.clone()),
+                    Some(other) => {
+                        return Err(Error::param(
+                            &["group_by"],
+                            format!("`group_by` must name a field, or be false for no breakdown, not {}", show(other)),
+                        ));
+                    }
+                };
+                let reference_field = match string(&p, "reference_field")? {
+                    None => "reference".into(),
+                    Some(f) if f.is_empty() => {
+                        return Err(Error::param(
+                            &["reference_field"],
+                            "`reference_field` must name a field, not be empty",
+                        ));
+                    }
+                    Some(f) => f,
+                };
+                Ok(Op::Pairwise(Pairwise {
+                    field: field(&p)?,
+                    reference_field,
+                    normalise: boolean(&p, "normalise")?.unwrap_or(true),
+                    matching,
+                    bootstrap,
+                    seed: integer(&p, "seed")?.unwrap_or(0),
+                    group_by,
+                }))
             }
+            other => Err(Error::Failed(format!(
+                "judge-rules has no op `{other}`; its ops: refusal, exact-match, length, pairwise-correctness"
+            ))),
         }
     }
 
@@ -120,6 +220,7 @@ impl Op {
         match self {
             Op::Refusal(_) | Op::Length(_) => &["responses"],
             Op::ExactMatch(_) => &["responses", "references"],
+            Op::Pairwise(_) => &["a", "b", "references"],
         }
     }
 }
@@ -171,6 +272,27 @@ fn boolean(p: &Map<String, Value>, key: &str) -> Result<Option<bool>, Error> {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
         Some(other) => Err(Error::param(&[key], format!("`{key}` must be true or false, not {}", kind(other)))),
+    }
+}
+
+/// A value for messages: its kind, or `an empty string` / `true` where the kind alone would not say what is wrong.
+fn show(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "an empty string",
+        Value::Bool(true) => "true",
+        other => kind(other),
+    }
+}
+
+/// A non-negative integer (`u64`).
+fn integer(p: &Map<String, Value>, key: &str) -> Result<Option<u64>, Error> {
+    match p.get(key) {
+        None => Ok(None),
+        Some(Value::Number(n)) if n.is_u64() => Ok(n.as_u64()),
+        Some(Value::Number(n)) => Err(Error::param(&[key], format!("`{key}` must be a non-negative integer, not {n}"))),
+        Some(other) => {
+            Err(Error::param(&[key], format!("`{key}` must be a non-negative integer, not {}", kind(other))))
+        }
     }
 }
 

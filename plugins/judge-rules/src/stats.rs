@@ -1,4 +1,5 @@
-//! The statistics the summaries report: Wilson intervals for rates and order statistics for lengths.
+//! The statistics the summaries report: Wilson intervals for rates, order statistics for lengths, and the
+//! standard error and seeded percentile bootstrap of a mean (for `pairwise-correctness`).
 
 use serde::Serialize;
 
@@ -69,5 +70,92 @@ fn quantile(sorted: &[u64], q: f64) -> f64 {
     let below = h.floor() as usize;
     let above = (below + 1).min(sorted.len() - 1);
     let (a, b) = (sorted[below] as f64, sorted[above] as f64);
+    a + (h - below as f64) * (b - a)
+}
+
+/// SplitMix64 (Steele, Lea & Flood 2014; Vigna's reference `splitmix64.c`): a tiny, well-mixed 64-bit generator,
+/// written out here so the bootstrap needs no dependency and gives the same stream on every platform and
+/// version. Not for cryptography.
+#[derive(Debug, Clone)]
+pub struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    /// A generator whose first output is the mix of `seed + 0x9E3779B97F4A7C15`, as in the reference code.
+    pub fn new(seed: u64) -> Self {
+        SplitMix64 { state: seed }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`), by Lemire's multiply-shift: the high word of `next · n`. Its bias is below
+    /// `n / 2⁶⁴`, far under anything a bootstrap could notice.
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+}
+
+/// The standard error of the mean with the `n − 1` sample variance (pandas' `sem()`, which AlpacaEval reports as
+/// `standard_error`); `None` for fewer than two values.
+pub fn standard_error(values: &[f64]) -> Option<f64> {
+    let n = values.len();
+    if n < 2 {
+        return None;
+    }
+    let mean = values.iter().sum::<f64>() / n as f64;
+    let ss: f64 = values.iter().map(|v| (v - mean) * (v - mean)).sum();
+    Some((ss / (n - 1) as f64 / n as f64).sqrt())
+}
+
+/// The means of `replicates` bootstrap resamples of `values` (each `values.len()` draws with replacement) from
+/// [`SplitMix64`] seeded with `seed`, in replicate order. `stop` is asked every 64 replicates; `None` when it says
+/// stop, or when there are no values or no replicates.
+///
+/// The draws are item indices, so a caller whose `values` are per-item scores of a paired comparison (both
+/// models' verdicts folded into one score per item) gets the paired bootstrap of reference §B.6: an item's two
+/// verdicts always travel together.
+pub fn bootstrap_means(values: &[f64], replicates: u64, seed: u64, mut stop: impl FnMut() -> bool) -> Option<Vec<f64>> {
+    if values.is_empty() || replicates == 0 {
+        return None;
+    }
+    let n = values.len() as u64;
+    let mut rng = SplitMix64::new(seed);
+    let mut means = Vec::with_capacity(replicates as usize);
+    for r in 0..replicates {
+        if r % 64 == 0 && stop() {
+            return None;
+        }
+        let sum: f64 = (0..n).map(|_| values[rng.below(n) as usize]).sum();
+        means.push(sum / n as f64);
+    }
+    Some(means)
+}
+
+/// The percentile interval `[q(α/2), q(1 − α/2)]` of `replicates` for `level = 1 − α`, each quantile linear between
+/// order statistics (numpy's default); `None` for no replicates.
+pub fn percentile_interval(replicates: &[f64], level: f64) -> Option<(f64, f64)> {
+    if replicates.is_empty() {
+        return None;
+    }
+    let mut sorted = replicates.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let alpha = 1.0 - level;
+    Some((quantile_f64(&sorted, alpha / 2.0), quantile_f64(&sorted, 1.0 - alpha / 2.0)))
+}
+
+/// [`quantile`] for floats.
+fn quantile_f64(sorted: &[f64], q: f64) -> f64 {
+    let h = (sorted.len() - 1) as f64 * q;
+    let below = h.floor() as usize;
+    let above = (below + 1).min(sorted.len() - 1);
+    let (a, b) = (sorted[below], sorted[above]);
     a + (h - below as f64) * (b - a)
 }

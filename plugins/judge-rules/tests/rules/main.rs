@@ -3,6 +3,7 @@
 
 mod exact_match;
 mod length;
+mod pairwise;
 mod plugin;
 mod refusal;
 mod validate;

@@ -3,13 +3,13 @@
 use crate::plugin;
 
 #[test]
-fn the_descriptor_describes_a_judge_with_three_ops() {
+fn the_descriptor_describes_a_judge_with_four_ops() {
     let p = plugin();
     assert_eq!(p.description.name, "judge-rules");
     assert_eq!(p.description.kind, "judge");
     assert_eq!(p.description.version, env!("CARGO_PKG_VERSION"));
     let ops: Vec<&str> = p.description.ops.iter().map(|o| o.name.as_str()).collect();
-    assert_eq!(ops, ["refusal", "exact-match", "length"]);
+    assert_eq!(ops, ["refusal", "exact-match", "length", "pairwise-correctness"]);
     assert!(p.description.ops.iter().all(|o| !o.summary.is_empty() && o.env_facts.is_empty()));
 }
 

@@ -34,6 +34,10 @@ fn good_params_pass() {
         Ok(())
     );
     assert_eq!(validate("length", json!({"field": "text"}), r), Ok(()));
+    let all = json!({"bootstrap": 0, "field": "f", "group_by": false, "match": "prefix", "normalise": false,
+        "reference_field": "response", "seed": 9});
+    assert_eq!(validate("pairwise-correctness", all, &["a", "b", "references"]), Ok(()));
+    assert_eq!(validate("pairwise-correctness", json!({"group_by": "task"}), &["a", "b", "references"]), Ok(()));
 }
 
 #[test]
@@ -55,9 +59,29 @@ fn bad_params_point_at_the_param_and_say_what_is_valid() {
         ("exact-match", json!({"mode": "prefix"}), &["mode"], "valid params: field, normalise"),
         ("length", json!({"field": 3}), &["field"], "must be a string"),
         ("length", json!({"normalise": true}), &["normalise"], "valid params: field"),
+        (
+            "pairwise-correctness",
+            json!({"samples": 1, "zeta": 2}),
+            &["samples"],
+            "valid params: bootstrap, field, group_by, match, normalise, reference_field, seed",
+        ),
+        ("pairwise-correctness", json!({"match": "fuzzy"}), &["match"], "\"exact\", \"prefix\""),
+        ("pairwise-correctness", json!({"bootstrap": -1}), &["bootstrap"], "non-negative integer, not -1"),
+        ("pairwise-correctness", json!({"bootstrap": 2.5}), &["bootstrap"], "non-negative integer, not 2.5"),
+        ("pairwise-correctness", json!({"bootstrap": 2_000_000}), &["bootstrap"], "at most 1000000"),
+        ("pairwise-correctness", json!({"seed": "0"}), &["seed"], "non-negative integer, not a string"),
+        ("pairwise-correctness", json!({"group_by": true}), &["group_by"], "or be false for no breakdown, not true"),
+        ("pairwise-correctness", json!({"group_by": ""}), &["group_by"], "not an empty string"),
+        ("pairwise-correctness", json!({"reference_field": ""}), &["reference_field"], "empty"),
+        ("pairwise-correctness", json!({"normalise": 1}), &["normalise"], "true or false"),
+        ("pairwise-correctness", json!({"field": ""}), &["field"], "empty"),
     ];
     for (op, params, path, needle) in cases {
-        let inputs: &[&str] = if *op == "exact-match" { &["references", "responses"] } else { &["responses"] };
+        let inputs: &[&str] = match *op {
+            "exact-match" => &["references", "responses"],
+            "pairwise-correctness" => &["a", "b", "references"],
+            _ => &["responses"],
+        };
         let (status, got_path, msg) = validate(op, params.clone(), inputs).expect_err(&format!("{op} {params}"));
         assert_eq!(status, STATUS_BAD_INPUT, "{op} {params}: {msg}");
         assert_eq!(got_path, Some(path.iter().map(|s| s.to_string()).collect()), "{op} {params}: {msg}");
@@ -74,6 +98,8 @@ fn missing_and_unknown_inputs_are_named() {
     assert!(msg.contains("needs input `responses`") && msg.contains("gives none"), "{msg}");
     let (_, _, msg) = validate("refusal", json!({}), &["responses", "respones"]).unwrap_err();
     assert!(msg.contains("no input `respones`"), "{msg}");
+    let (_, _, msg) = validate("pairwise-correctness", json!({}), &["a", "references"]).unwrap_err();
+    assert!(msg.contains("needs input `b`") && msg.contains("`a`, `b`, `references`"), "{msg}");
 }
 
 #[test]
