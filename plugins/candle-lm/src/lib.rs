@@ -6,7 +6,7 @@
 //! Module map: [`model`] (architectures, one file per family; [`model::CausalLm`] is what a new family
 //! implements), [`nn`] (the shared differentiable blocks), [`load`] (model directories), [`lora`] (adapters),
 //! [`data`] (segment examples → token batches), [`train`] (the loop), [`sample`] (generation), [`error`]
-//! (typed load errors), [`plugin`] (the rto plugin: [`CandleLm`] and its ops `init`, `train`, `sample`;
+//! (typed load errors), [`plugin`] (the rto plugin: [`CandleLm`] and its ops `init`, `train`, `sample`, `tokenizer`;
 //! [`descriptor`] is what rto links in).
 
 #![deny(missing_docs)]

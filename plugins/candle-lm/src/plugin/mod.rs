@@ -7,6 +7,9 @@
 //!   `model/` (HF layout) and `metrics.jsonl`.
 //! - `sample`: a response per prompt of a `prompts.jsonl`, with an optional adapter merged on load. Writes
 //!   `samples.jsonl`.
+//! - `tokenizer`: a byte-level BPE trained on the text of one or more JSONL or text inputs (the embedded CPU
+//!   study's own tokenizer). Writes `tokenizer/` (`tokenizer.json`, `tokenizer_config.json`), which `init`'s
+//!   `tokenizer` input accepts.
 //!
 //! Params are documented on the parsing code ([`params`]); every op runs on the CPU unless the crate is built
 //! with the `cuda` feature and the stage reserved a GPU.
@@ -14,6 +17,7 @@
 mod files;
 mod op_init;
 mod op_sample;
+mod op_tokenizer;
 mod op_train;
 mod params;
 
@@ -53,6 +57,11 @@ impl Backend for CandleLm {
                     .into(),
                 env_facts: facts(),
             },
+            OpInfo {
+                name: "tokenizer".into(),
+                summary: "a byte-level BPE tokenizer trained on JSONL or text files".into(),
+                env_facts: vec![],
+            },
         ]
     }
 
@@ -67,7 +76,14 @@ impl Backend for CandleLm {
 
     fn validate(&self, op: &str, params: &Value, input_names: &[String]) -> Result<(), Error> {
         let parsed = Op::parse(op, params)?;
-        let (required, optional) = parsed.inputs();
+        let Some((required, optional)) = parsed.inputs() else {
+            if input_names.is_empty() {
+                return Err(Error::Failed(format!(
+                    "`candle-lm:{op}` needs at least one input (JSONL or text files, any names)"
+                )));
+            }
+            return Ok(());
+        };
         if let Some(missing) = required.iter().find(|r| !input_names.iter().any(|n| n == *r)) {
             return Err(Error::Failed(format!(
                 "`candle-lm:{op}` needs input `{missing}`; its inputs: {}{}",
@@ -99,6 +115,7 @@ impl Backend for CandleLm {
             Op::Init(p) => op_init::run(&p, ctx),
             Op::Train(p) => op_train::run(&p, ctx),
             Op::Sample(p) => op_sample::run(&p, ctx),
+            Op::Tokenizer(p) => op_tokenizer::run(&p, ctx),
         }
     }
 }

@@ -4,7 +4,8 @@
 //! Which tensors exist and their shapes are asked of the decoder itself (it is built once over a recording
 //! backend), so `init` can never write a layout the loader would refuse. Each tensor's values come from its own
 //! ChaCha stream seeded by the seed and its name: HF's Llama initialisation (normal with `initializer_range`
-//! for matrices and embeddings, ones for norms, zeros for biases), independent of build order.
+//! for matrices and embeddings, ones for norms (zeros for Gemma-2, whose norms scale by `1 + weight`), zeros
+//! for biases), independent of build order. `model_type` is `llama` (default), `mistral`, `qwen2` or `gemma2`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value, json};
 
 use super::files;
-use super::params::InitParams;
+use super::params::{GEMMA2_ONLY, InitParams};
 use crate::error::LoadError;
 use crate::model::{Decoder, ModelConfig};
 
@@ -41,6 +42,7 @@ pub(super) fn model_config(
         "llama" => "LlamaForCausalLM",
         "mistral" => "MistralForCausalLM",
         "qwen2" => "Qwen2ForCausalLM",
+        "gemma2" => "Gemma2ForCausalLM",
         other => {
             return Err(Error::param(
                 &["model_type"],
@@ -49,23 +51,64 @@ pub(super) fn model_config(
         }
     };
     let heads = c.get("num_attention_heads").cloned().unwrap_or(Value::Null);
-    let defaults = [
+    if model_type != "gemma2"
+        && let Some(k) = GEMMA2_ONLY.iter().find(|k| c.contains_key(**k))
+    {
+        return Err(Error::param(&[k], format!("`{k}` is a gemma2 field; `model_type` is `{model_type}`")));
+    }
+    let common = [
         ("model_type", json!(model_type)),
         ("architectures", json!([architecture])),
         ("vocab_size", json!(vocab.unwrap_or(1))),
-        ("num_key_value_heads", heads),
+        ("num_key_value_heads", heads.clone()),
         ("max_position_embeddings", json!(2048)),
         ("rope_theta", json!(10000.0)),
         ("rms_norm_eps", json!(1e-6)),
-        ("tie_word_embeddings", json!(false)),
-        ("hidden_act", json!("silu")),
         ("attention_bias", json!(false)),
-        ("mlp_bias", json!(false)),
         ("initializer_range", json!(p.initializer_range)),
         ("torch_dtype", json!("float32")),
     ];
-    for (k, v) in defaults {
+    for (k, v) in common {
         c.entry(k).or_insert(v);
+    }
+    if model_type == "gemma2" {
+        if c.contains_key("hidden_act") || c.contains_key("mlp_bias") {
+            let k = if c.contains_key("hidden_act") { "hidden_act" } else { "mlp_bias" };
+            return Err(Error::param(
+                &[k],
+                format!("gemma2 has no `{k}`{}", if k == "hidden_act" { "; use `hidden_activation`" } else { "" }),
+            ));
+        }
+        // HF's Gemma2Config defaults, except `head_dim` (HF: 256), which follows the width and head count so
+        // that a tiny model stays tiny; `query_pre_attn_scalar` follows `head_dim`.
+        let head_dim = match (c.get("head_dim").and_then(Value::as_u64), c.get("hidden_size").and_then(Value::as_u64)) {
+            (Some(d), _) => d,
+            (None, Some(h)) => h / heads.as_u64().filter(|n| *n > 0).unwrap_or(1),
+            (None, None) => 256,
+        };
+        let gemma = [
+            ("head_dim", json!(head_dim)),
+            ("query_pre_attn_scalar", json!(head_dim as f64)),
+            ("hidden_activation", json!("gelu_pytorch_tanh")),
+            ("attn_logit_softcapping", json!(50.0)),
+            ("final_logit_softcapping", json!(30.0)),
+            ("sliding_window", json!(4096)),
+            ("tie_word_embeddings", json!(true)),
+        ];
+        for (k, v) in gemma {
+            c.entry(k).or_insert(v);
+        }
+        // TOML has no null: a cap of 0 switches capping off.
+        for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            if c.get(k).and_then(Value::as_f64) == Some(0.0) {
+                c.insert(k.into(), Value::Null);
+            }
+        }
+    } else {
+        for (k, v) in [("tie_word_embeddings", json!(false)), ("hidden_act", json!("silu")), ("mlp_bias", json!(false))]
+        {
+            c.entry(k).or_insert(v);
+        }
     }
     if model_type == "qwen2" {
         c.entry("use_sliding_window").or_insert(json!(false));
@@ -112,10 +155,11 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// The initial values of tensor `name`.
-fn init_values(name: &str, count: usize, seed: u64, std: f64) -> Vec<f32> {
+/// The initial values of tensor `name`. `norm` is the RMSNorm weights' value: 1, or 0 for Gemma-2, whose norms
+/// scale by `1 + weight` (HF initialises them to zeros).
+fn init_values(name: &str, count: usize, seed: u64, std: f64, norm: f32) -> Vec<f32> {
     if name.ends_with("norm.weight") {
-        return vec![1.0; count];
+        return vec![norm; count];
     }
     if name.ends_with(".bias") {
         return vec![0.0; count];
@@ -183,6 +227,7 @@ pub(super) fn run(p: &InitParams, ctx: &mut OpContext<'_>) -> Result<Value, Erro
     Decoder::new(&config, vb, None).map_err(|e| Error::Failed(format!("cannot build the model: {e}")))?;
     let shapes = shapes.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
 
+    let norm = if matches!(config, ModelConfig::Gemma2(_)) { 0.0 } else { 1.0 };
     let mut tensors = BTreeMap::new();
     let mut parameters = 0usize;
     for (i, (name, dims)) in shapes.iter().enumerate() {
@@ -191,7 +236,7 @@ pub(super) fn run(p: &InitParams, ctx: &mut OpContext<'_>) -> Result<Value, Erro
         }
         let count: usize = dims.iter().product();
         parameters += count;
-        let values = init_values(name, count, p.seed, p.initializer_range);
+        let values = init_values(name, count, p.seed, p.initializer_range, norm);
         tensors.insert(name.clone(), Tensor::from_vec(values, dims.as_slice(), &Device::Cpu)?);
         ctx.progress(i as u64 + 1, shapes.len() as u64);
     }

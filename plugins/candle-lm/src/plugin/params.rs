@@ -21,6 +21,8 @@ pub(crate) enum Op {
     Train(TrainParams),
     /// `sample`: responses to prompts.
     Sample(SampleParams),
+    /// `tokenizer`: a byte-level BPE trained on text files.
+    Tokenizer(TokenizerParams),
 }
 
 impl Op {
@@ -30,17 +32,21 @@ impl Op {
             "init" => InitParams::parse(params).map(Op::Init),
             "train" => TrainParams::parse(params).map(Op::Train),
             "sample" => SampleParams::parse(params).map(Op::Sample),
-            other => Err(Error::Failed(format!("candle-lm has no op `{other}`; its ops: `init`, `train`, `sample`"))),
+            "tokenizer" => TokenizerParams::parse(params).map(Op::Tokenizer),
+            other => Err(Error::Failed(format!(
+                "candle-lm has no op `{other}`; its ops: `init`, `train`, `sample`, `tokenizer`"
+            ))),
         }
     }
 
-    /// `(required, optional)` input names.
-    pub(crate) fn inputs(&self) -> (&'static [&'static str], &'static [&'static str]) {
-        match self {
+    /// `(required, optional)` input names; `None` for `tokenizer`, which reads one or more inputs of any name.
+    pub(crate) fn inputs(&self) -> Option<(&'static [&'static str], &'static [&'static str])> {
+        Some(match self {
+            Op::Tokenizer(_) => return None,
             Op::Init(_) => (&["tokenizer"], &[]),
             Op::Train(_) => (&["data", "model"], &["adapter"]),
             Op::Sample(_) => (&["model", "prompts"], &["adapter"]),
-        }
+        })
     }
 }
 
@@ -56,9 +62,13 @@ const INIT_INTS: &[&str] = &[
     "sliding_window",
     "vocab_size",
 ];
-const INIT_FLOATS: &[&str] = &["rms_norm_eps", "rope_theta"];
+const INIT_FLOATS: &[&str] =
+    &["attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar", "rms_norm_eps", "rope_theta"];
 const INIT_BOOLS: &[&str] = &["attention_bias", "mlp_bias", "tie_word_embeddings"];
-const INIT_STRINGS: &[&str] = &["hidden_act", "model_type"];
+const INIT_STRINGS: &[&str] = &["hidden_act", "hidden_activation", "model_type"];
+/// Config fields only Gemma-2 reads.
+pub(crate) const GEMMA2_ONLY: &[&str] =
+    &["attn_logit_softcapping", "final_logit_softcapping", "hidden_activation", "query_pre_attn_scalar"];
 /// `init` params that are not config fields.
 const INIT_OWN: &[&str] = &["bos_token", "eos_token", "initializer_range", "seed"];
 /// Config fields without which no model can be described.
@@ -351,6 +361,88 @@ impl SampleParams {
             limit: opt(top, "limit", &[], usize_)?,
             dtype: parse_dtype(top)?,
         })
+    }
+}
+
+const TOKENIZER_KEYS: &[&str] =
+    &["bos_token", "eos_token", "min_frequency", "model_max_length", "seed", "special_tokens", "vocab_size"];
+/// Texts that must stay plain text (the Tulu role markers the `dataset` stage writes): as special tokens they
+/// would be split out of the text and change what the model sees (reference/paper.md §2).
+const PLAIN_MARKERS: &[&str] = &["<|user|>", "<|assistant|>"];
+/// Byte-level BPE starts from the 256 byte symbols.
+pub(crate) const BYTE_ALPHABET: usize = 256;
+
+/// `tokenizer`'s params.
+#[derive(Debug)]
+pub(crate) struct TokenizerParams {
+    /// Size of the vocabulary, special tokens included (at most; a small corpus may give fewer merges).
+    pub vocab_size: usize,
+    /// A pair is merged only if it occurs at least this often.
+    pub min_frequency: u64,
+    /// Special tokens, ids 0, 1, … in this order.
+    pub special_tokens: Vec<String>,
+    /// The end-of-sequence token (one of `special_tokens`).
+    pub eos_token: String,
+    /// The beginning-of-sequence token (one of `special_tokens`), prepended by the tokenizer when given.
+    pub bos_token: Option<String>,
+    /// `model_max_length` of `tokenizer_config.json`.
+    pub model_max_length: usize,
+}
+
+impl TokenizerParams {
+    fn parse(params: &Value) -> Result<Self, Error> {
+        let top = table(params, &[])?;
+        check_keys(top, &[], TOKENIZER_KEYS)?;
+        // Accepted for uniformity with the other ops; BPE training is deterministic without one.
+        opt(top, "seed", &[], uint)?;
+        let special_tokens = match top.get("special_tokens") {
+            None => vec!["</s>".to_owned(), "<pad>".to_owned()],
+            Some(v) => string_list(v, &["special_tokens"])?,
+        };
+        for (i, t) in special_tokens.iter().enumerate() {
+            if t.is_empty() {
+                return Err(Error::param(&["special_tokens"], "a special token must not be empty"));
+            }
+            if special_tokens[..i].contains(t) {
+                return Err(Error::param(&["special_tokens"], format!("`{t}` is listed twice")));
+            }
+            if PLAIN_MARKERS.contains(&t.as_str()) {
+                return Err(Error::param(
+                    &["special_tokens"],
+                    format!("`{t}` must stay plain text (the chat format's role marker), not a special token"),
+                ));
+            }
+        }
+        let member = |key: &str, text: &str| -> Result<String, Error> {
+            if special_tokens.iter().any(|t| t == text) {
+                Ok(text.to_owned())
+            } else {
+                Err(Error::param(
+                    &[key],
+                    format!("`{key}` `{text}` must be one of `special_tokens` ({})", special_tokens.join(", ")),
+                ))
+            }
+        };
+        let eos_token = member("eos_token", opt(top, "eos_token", &[], string)?.unwrap_or("</s>"))?;
+        let bos_token = opt(top, "bos_token", &[], string)?.map(|b| member("bos_token", b)).transpose()?;
+        let vocab_size = opt(top, "vocab_size", &[], usize_)?.unwrap_or(2000);
+        let least = BYTE_ALPHABET + special_tokens.len();
+        if vocab_size < least {
+            return Err(Error::param(
+                &["vocab_size"],
+                format!(
+                    "`vocab_size` {vocab_size} is too small: a byte-level BPE needs the {BYTE_ALPHABET} bytes plus \
+                     the {} special tokens, at least {least}",
+                    special_tokens.len()
+                ),
+            ));
+        }
+        let min_frequency = opt(top, "min_frequency", &[], uint)?.unwrap_or(2);
+        let model_max_length = opt(top, "model_max_length", &[], usize_)?.unwrap_or(2048);
+        if model_max_length == 0 {
+            return Err(Error::param(&["model_max_length"], "`model_max_length` must be at least 1"));
+        }
+        Ok(Self { vocab_size, min_frequency, special_tokens, eos_token, bos_token, model_max_length })
     }
 }
 

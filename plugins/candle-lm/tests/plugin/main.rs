@@ -1,9 +1,10 @@
 //! candle-lm through its real descriptor and the host-side client, as rto calls it: `init` → `train` (`lm`,
 //! `lora`, `full`) → `sample` on a tiny model with a word-level tokenizer, param and input errors, bad files and
-//! cancellation.
+//! cancellation; the `tokenizer` op (a byte-level BPE) feeding `init` for llama and gemma2.
 
 mod errors;
 mod round_trip;
+mod tokenizer;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
