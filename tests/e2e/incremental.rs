@@ -232,3 +232,23 @@ fn an_input_edited_while_its_stage_runs_is_not_recorded() {
     assert!(out.stderr.contains("input `f` (`"), "{}", out.stderr);
     assert!(out.stderr.contains("changed while the stage ran"), "{}", out.stderr);
 }
+
+#[test]
+fn the_tiny_study_validates_and_expands_to_its_19_stages() {
+    // Running it takes minutes (the README's first command); here it is planned: every stage, plugin op and
+    // param is resolved and checked, with nothing run.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = crate::support::outcome(
+        std::process::Command::new(crate::support::rto())
+            .args(["--cache", tmp.path().to_str().unwrap(), "--format", "json", "plan", "studies/tiny.toml"])
+            .current_dir(root)
+            .output()
+            .unwrap(),
+    )
+    .expect_code(0);
+    let st = out.statuses();
+    assert_eq!(st.len(), 19, "{st:?}");
+    assert_eq!(st["data"], "will-run");
+    assert_eq!(st["rt-vs-it"], "blocked");
+}

@@ -10,6 +10,7 @@
 
 pub mod command;
 pub mod dataset;
+pub mod synthetic;
 
 use std::collections::BTreeMap;
 use std::io::Write;

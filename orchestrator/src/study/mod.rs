@@ -80,7 +80,7 @@ pub struct Origin {
 /// What a stage `uses`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Uses {
-    /// A built-in stage kind (`command`, `dataset`).
+    /// A built-in stage kind (`command`, `dataset`, `synthetic`).
     Builtin(String),
     /// An op of a plugin: `plugin:op`.
     Plugin {
@@ -391,7 +391,7 @@ fn parse_uses(text: &str) -> Result<Uses, String> {
     match text.split_once(':') {
         None if valid(text) => Ok(Uses::Builtin(text.to_string())),
         Some((plugin, op)) if valid(plugin) && valid(op) => Ok(Uses::Plugin { plugin: plugin.into(), op: op.into() }),
-        _ => Err(format!("`uses = \"{text}\"` is neither a built-in (`command`, `dataset`) nor `plugin:op`")),
+        _ => Err(format!("`uses = \"{text}\"` is neither a built-in (`command`, `dataset`, `synthetic`) nor `plugin:op`")),
     }
 }
 
