@@ -391,7 +391,9 @@ fn parse_uses(text: &str) -> Result<Uses, String> {
     match text.split_once(':') {
         None if valid(text) => Ok(Uses::Builtin(text.to_string())),
         Some((plugin, op)) if valid(plugin) && valid(op) => Ok(Uses::Plugin { plugin: plugin.into(), op: op.into() }),
-        _ => Err(format!("`uses = \"{text}\"` is neither a built-in (`command`, `dataset`, `synthetic`) nor `plugin:op`")),
+        _ => Err(format!(
+            "`uses = \"{text}\"` is neither a built-in (`command`, `dataset`, `synthetic`) nor `plugin:op`"
+        )),
     }
 }
 
