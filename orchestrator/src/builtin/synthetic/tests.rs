@@ -343,23 +343,21 @@ fn bad_params_are_refused_with_their_path() {
     let e = Synthetic.validate(&json!({}), &["x"]).unwrap_err();
     assert!(e.message.contains("takes no inputs"), "{e}");
     // `run` checks params on its own.
-    let (_, err) = (|| -> ((), String) {
-        let params = json!({ "eval": -3 });
-        let dir = tempfile::tempdir().unwrap();
-        let inputs = BTreeMap::new();
-        let mut log = Vec::new();
-        let mut ctx = StageContext {
-            stage_id: "data",
-            params: &params,
-            inputs: &inputs,
-            out_dir: dir.path(),
-            scratch_dir: dir.path(),
-            gpus: &[],
-            log: &mut log,
-            progress: &|_, _| {},
-            cancelled: &|| false,
-        };
-        ((), format!("{:#}", Synthetic.run(&mut ctx).unwrap_err()))
-    })();
+    let params = json!({ "eval": -3 });
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = BTreeMap::new();
+    let mut log = Vec::new();
+    let mut ctx = StageContext {
+        stage_id: "data",
+        params: &params,
+        inputs: &inputs,
+        out_dir: dir.path(),
+        scratch_dir: dir.path(),
+        gpus: &[],
+        log: &mut log,
+        progress: &|_, _| {},
+        cancelled: &|| false,
+    };
+    let err = format!("{:#}", Synthetic.run(&mut ctx).unwrap_err());
     assert!(err.starts_with("param `eval`:"), "{err}");
 }
