@@ -252,3 +252,25 @@ fn the_tiny_study_validates_and_expands_to_its_19_stages() {
     assert_eq!(st["data"], "will-run");
     assert_eq!(st["rt-vs-it"], "blocked");
 }
+
+#[test]
+fn the_paper_study_plans_its_24_trainings_without_touching_the_network() {
+    // Remote inputs (hf://) are never fetched by `plan`: stages that need them will run, their keys unknown.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = crate::support::outcome(
+        std::process::Command::new(crate::support::rto())
+            .args(["--cache", tmp.path().to_str().unwrap(), "--format", "json", "plan", "studies/paper.toml"])
+            .current_dir(root)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HOME", tmp.path().join("hf"))
+            .output()
+            .unwrap(),
+    )
+    .expect_code(0);
+    let st = out.statuses();
+    assert_eq!(st.len(), 73, "1 eval set + 24 datasets + 24 trainings + 24 samplings");
+    assert_eq!(st.keys().filter(|id| id.starts_with("tune-")).count(), 24);
+    assert_eq!(st["sft-gemma2-9b-lima-rt"], "will-run");
+    assert!(out.stdout.contains("input-not-fetched"), "{}", out.stdout);
+}
