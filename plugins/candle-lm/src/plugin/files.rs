@@ -12,6 +12,7 @@ use tokenizers::Tokenizer;
 use crate::gguf::{self, Gguf};
 use crate::load::{self, LoadOptions, Loaded};
 use crate::lora::{LoraConfig, LoraSet};
+use crate::model::ModelConfig;
 
 /// The side files of a Hugging Face model directory that a trained model keeps (weights excluded).
 const SIDE_FILES: &[&str] = &[
@@ -244,13 +245,36 @@ pub(crate) fn load_model(
     lora: Option<&LoraSet>,
 ) -> Result<Loaded, Error> {
     let Some(adapter) = adapter else { return Ok(load::load_dir(dir, opts, lora)?) };
+    let merged = merged_weights(dir, adapter, &opts.device, None)?;
+    Ok(load::load_tensors(merged.config, merged.weights, opts, lora)?)
+}
+
+/// A model's weights with an adapter merged in.
+pub(crate) struct Merged {
+    /// The base model's config.
+    pub config: ModelConfig,
+    /// Every tensor of the base under its HF name, adapted ones updated.
+    pub weights: HashMap<String, Tensor>,
+    /// The adapted modules (`<module>` of `<module>.weight`), sorted.
+    pub modules: Vec<String>,
+}
+
+/// The weights of the model in `dir` (HF directory or GGUF file, GGUF tensors under HF names) with
+/// `scale · B A` of `adapter` added to each adapted module's weight, in f32. Every tensor ends in `dtype` when
+/// given (the merge rounds once, from f32), else adapted weights keep the base's dtype.
+pub(crate) fn merged_weights(
+    dir: &Path,
+    adapter: &Adapter,
+    device: &Device,
+    dtype: Option<DType>,
+) -> Result<Merged, Error> {
     let (config, mut weights) = if is_gguf(dir) {
         let file = Gguf::open(dir)?;
-        (file.config()?, file.tensors(&opts.device)?)
+        (file.config()?, file.tensors(device)?)
     } else {
         let mut weights = HashMap::new();
         for path in load::weight_files(dir)? {
-            let part = candle_core::safetensors::load(&path, &opts.device)
+            let part = candle_core::safetensors::load(&path, device)
                 .map_err(|e| Error::Failed(format!("`{}`: not a valid safetensors file: {e}", path.display())))?;
             weights.extend(part);
         }
@@ -258,8 +282,16 @@ pub(crate) fn load_model(
     };
     // The adapter's modules are known only from its tensor names: B (out × r) times A (r × in) is the update.
     let scale = adapter.config.scale();
+    let mut modules = Vec::new();
     for (name, a) in &adapter.tensors {
         let Some(module) = name.strip_suffix(".lora_A.weight").and_then(|m| m.strip_prefix("base_model.model.")) else {
+            let module = name.trim_start_matches("base_model.model.").trim_end_matches(".lora_B.weight");
+            if !adapter.tensors.contains_key(&format!("base_model.model.{module}.lora_A.weight")) {
+                return Err(Error::Failed(format!(
+                    "adapter `{}`: `{name}` has no `base_model.model.{module}.lora_A.weight`",
+                    adapter.dir.display()
+                )));
+            }
             continue;
         };
         let b_name = format!("base_model.model.{module}.lora_B.weight");
@@ -274,7 +306,7 @@ pub(crate) fn load_model(
                 dir.display()
             )));
         };
-        let delta = (b.to_device(&opts.device)?.matmul(&a.to_device(&opts.device)?)? * scale)?;
+        let delta = (b.to_device(device)?.matmul(&a.to_device(device)?)? * scale)?;
         if delta.dims() != w.dims() {
             return Err(Error::Failed(format!(
                 "adapter `{}`: the update of `{module}` has shape {:?}, the base weight {:?}",
@@ -283,10 +315,18 @@ pub(crate) fn load_model(
                 w.dims()
             )));
         }
-        let merged = (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
+        let merged = (w.to_dtype(DType::F32)? + delta)?.to_dtype(dtype.unwrap_or(w.dtype()))?;
         weights.insert(target, merged);
+        modules.push(module.to_owned());
     }
-    Ok(load::load_tensors(config, weights, opts, lora)?)
+    if let Some(dtype) = dtype {
+        for t in weights.values_mut() {
+            if t.dtype() != dtype {
+                *t = t.to_dtype(dtype)?;
+            }
+        }
+    }
+    Ok(Merged { config, weights, modules })
 }
 
 /// A JSONL row: its 1-based line number and its object.

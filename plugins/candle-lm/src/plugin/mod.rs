@@ -10,12 +10,15 @@
 //! - `tokenizer`: a byte-level BPE trained on the text of one or more JSONL or text inputs (the embedded CPU
 //!   study's own tokenizer). Writes `tokenizer/` (`tokenizer.json`, `tokenizer_config.json`), which `init`'s
 //!   `tokenizer` input accepts.
+//! - `merge`: a `train` adapter merged into its base model's weights. Writes `model/` (HF layout), which `sample`
+//!   and `train` take as a plain model.
 //!
 //! Params are documented on the parsing code ([`params`]); every op runs on the CPU unless the crate is built
 //! with the `cuda` feature and the stage reserved a GPU.
 
 mod files;
 mod op_init;
+mod op_merge;
 mod op_sample;
 mod op_tokenizer;
 mod op_train;
@@ -61,6 +64,11 @@ impl Backend for CandleLm {
                 name: "tokenizer".into(),
                 summary: "a byte-level BPE tokenizer trained on JSONL or text files".into(),
                 env_facts: vec![],
+            },
+            OpInfo {
+                name: "merge".into(),
+                summary: "a LoRA adapter merged into its base model's weights, written as an HF model directory".into(),
+                env_facts: facts(),
             },
         ]
     }
@@ -116,6 +124,7 @@ impl Backend for CandleLm {
             Op::Train(p) => op_train::run(&p, ctx),
             Op::Sample(p) => op_sample::run(&p, ctx),
             Op::Tokenizer(p) => op_tokenizer::run(&p, ctx),
+            Op::Merge(p) => op_merge::run(&p, ctx),
         }
     }
 }

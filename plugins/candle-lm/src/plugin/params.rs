@@ -23,6 +23,8 @@ pub(crate) enum Op {
     Sample(SampleParams),
     /// `tokenizer`: a byte-level BPE trained on text files.
     Tokenizer(TokenizerParams),
+    /// `merge`: an adapter merged into its base model's weights.
+    Merge(MergeParams),
 }
 
 impl Op {
@@ -33,8 +35,9 @@ impl Op {
             "train" => TrainParams::parse(params).map(Op::Train),
             "sample" => SampleParams::parse(params).map(Op::Sample),
             "tokenizer" => TokenizerParams::parse(params).map(Op::Tokenizer),
+            "merge" => MergeParams::parse(params).map(Op::Merge),
             other => Err(Error::Failed(format!(
-                "candle-lm has no op `{other}`; its ops: `init`, `train`, `sample`, `tokenizer`"
+                "candle-lm has no op `{other}`; its ops: `init`, `train`, `sample`, `tokenizer`, `merge`"
             ))),
         }
     }
@@ -46,6 +49,7 @@ impl Op {
             Op::Init(_) => (&["tokenizer"], &[]),
             Op::Train(_) => (&["data", "model"], &["adapter"]),
             Op::Sample(_) => (&["model", "prompts"], &["adapter"]),
+            Op::Merge(_) => (&["adapter", "model"], &[]),
         })
     }
 }
@@ -443,6 +447,32 @@ impl TokenizerParams {
             return Err(Error::param(&["model_max_length"], "`model_max_length` must be at least 1"));
         }
         Ok(Self { vocab_size, min_frequency, special_tokens, eos_token, bos_token, model_max_length })
+    }
+}
+
+/// `merge`'s params.
+#[derive(Debug)]
+pub(crate) struct MergeParams {
+    /// The dtype the merged weights are written in (the merge itself is computed in f32).
+    pub dtype: DType,
+}
+
+impl MergeParams {
+    fn parse(params: &Value) -> Result<Self, Error> {
+        let top = table(params, &[])?;
+        check_keys(top, &[], &["dtype"])?;
+        let dtype = match opt(top, "dtype", &[], string)? {
+            None | Some("f32") => DType::F32,
+            Some("bf16") => DType::BF16,
+            Some("f16") => DType::F16,
+            Some(other) => {
+                return Err(Error::param(
+                    &["dtype"],
+                    format!("unknown dtype `{other}`: use `\"f32\"`, `\"bf16\"` or `\"f16\"`"),
+                ));
+            }
+        };
+        Ok(Self { dtype })
     }
 }
 
