@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -519,11 +519,6 @@ impl Store {
         }
         out.sort();
         Ok(out)
-    }
-
-    /// Size on disk of everything under `objects/` (for reports).
-    pub fn objects_size(&self) -> Result<u64> {
-        Ok(self.list_objects()?.iter().filter_map(|(_, p)| fs::metadata(p).ok()).map(|m| m.blocks() * 512).sum())
     }
 }
 

@@ -490,10 +490,11 @@ fn print_summary(cli: &Cli, summary: &Summary, all: bool) -> Result<(), Failure>
     Ok(())
 }
 
-/// What `plan_summary` returns: the store it read, the plan, and the temporary store directory if any.
-type Reading = (Store, Summary, Option<tempfile::TempDir>);
+/// What `plan_summary` returns: the store it read, the plan's summary, the temporary store directory if any,
+/// and the planned study (for commands that need pre-images, such as `why`).
+type Reading<'s> = (Store, Summary, Option<tempfile::TempDir>, Planned<'s>);
 
-fn plan_summary(cli: &Cli, study: &Study) -> Result<Reading, Failure> {
+fn plan_summary<'s>(cli: &Cli, study: &'s Study) -> Result<Reading<'s>, Failure> {
     let dir = store_dir(cli, Some(study));
     let index = StatIndex::load_at(&dir);
     let downloads = dir.join("downloads");
@@ -503,12 +504,12 @@ fn plan_summary(cli: &Cli, study: &Study) -> Result<Reading, Failure> {
     opts.progress = false;
     opts.results_dir = None;
     let summary = exec::execute(&planned, &store, &opts, Arc::new(AtomicBool::new(false)))?;
-    Ok((store, summary, tmp))
+    Ok((store, summary, tmp, planned))
 }
 
 fn plan(cli: &Cli, path: &Path) -> Result<(), Failure> {
     let study = load(path)?;
-    let (_, summary, _tmp) = plan_summary(cli, &study)?;
+    let (_, summary, _tmp, _) = plan_summary(cli, &study)?;
     print_summary(cli, &summary, true)
 }
 
@@ -523,15 +524,11 @@ fn stage_index(study: &Study, id: &str) -> Result<usize, Failure> {
 fn why(cli: &Cli, path: &Path, id: &str) -> Result<(), Failure> {
     let study = load(path)?;
     let i = stage_index(&study, id)?;
-    let (store, summary, _tmp) = plan_summary(cli, &study)?;
+    let (store, summary, _tmp, planned) = plan_summary(cli, &study)?;
     let s = summary.stages.iter().find(|s| s.id == study.stages[i].id).expect("every stage is planned");
     let last = store.read_ref(&last_run_ref(&study.name, id))?.and_then(|v| serde_json::from_value::<LastRun>(v).ok());
-    // Recompute the current pre-image for a field-by-field diff when its key is known.
+    // The current pre-image, for a field-by-field diff, when its key is known (all upstream outputs exist).
     let current = s.key.as_ref().and_then(|_| {
-        let index = StatIndex::load(&store);
-        let downloads = store.root().join("downloads");
-        let planned =
-            Planned::new(&study, &index, Remotes::CachedOnly(&downloads), &registry(cli, Some(&study))).ok()?;
         let mut outputs = vec![None; study.stages.len()];
         for (j, st) in study.stages.iter().enumerate() {
             let sum = summary.stages.iter().find(|x| x.id == st.id)?;
@@ -592,7 +589,7 @@ fn short(key: &Option<String>) -> String {
 fn path(cli: &Cli, path: &Path, id: &str, output: Option<&str>) -> Result<(), Failure> {
     let study = load(path)?;
     stage_index(&study, id)?;
-    let (store, summary, _tmp) = plan_summary(cli, &study)?;
+    let (store, summary, _tmp, _) = plan_summary(cli, &study)?;
     let s = summary.stages.iter().find(|s| s.id == id).expect("every stage is planned");
     let record = match (&s.status, &s.key) {
         (Status::Cached, Some(key)) => store.get_action(&key.parse().context("bad key")?)?,
@@ -631,7 +628,7 @@ fn path(cli: &Cli, path: &Path, id: &str, output: Option<&str>) -> Result<(), Fa
 fn log(cli: &Cli, path: &Path, id: &str) -> Result<(), Failure> {
     let study = load(path)?;
     stage_index(&study, id)?;
-    let (store, summary, _tmp) = plan_summary(cli, &study)?;
+    let (store, summary, _tmp, _) = plan_summary(cli, &study)?;
     // A cached stage: the log of the run that made its current result.
     let current = summary.stages.iter().find(|s| s.id == id).and_then(|s| s.key.as_ref()).and_then(|k| k.parse().ok());
     if let Some(key) = current
@@ -724,7 +721,7 @@ fn gc(cli: &Cli, studies: &[PathBuf], dry_run: bool, grace: std::time::Duration)
         let mut store = None;
         for path in studies {
             let study = load(path)?;
-            let (s, summary, _tmp) = plan_summary(cli, &study)?;
+            let (s, summary, _tmp, _) = plan_summary(cli, &study)?;
             for st in &summary.stages {
                 if let Some(key) = &st.key {
                     roots.insert(key.parse().context("bad key")?);

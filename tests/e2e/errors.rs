@@ -1,6 +1,6 @@
 //! Bad input: each gives a clear message with its location and a non-zero exit, and leaves the cache as it was.
 
-use crate::support::{CHAIN, Project};
+use crate::support::Project;
 
 /// Runs a good study first (so the cache has content), then `bad`; checks the exit code, that stderr names
 /// `location` (`study.toml:LINE:COL`) and contains `message`, and that the cache did not change.
@@ -165,7 +165,6 @@ params = { mode = "rt", sources = [{ input = "x", preset = "alpaca" }] }
     assert!(out.stderr.contains("`output`"), "{}", out.stderr);
     assert_eq!(crate::support::listing(&p.path(".rto/objects")), objects);
     assert_eq!(crate::support::listing(&p.path(".rto/actions")), actions);
-    let _ = CHAIN;
 }
 
 #[test]

@@ -34,12 +34,10 @@ fn libraries() -> &'static std::collections::BTreeMap<String, PathBuf> {
             if !kinds.iter().any(|k| k == "cdylib") {
                 continue;
             }
-            let pkg = msg["package_id"].as_str().unwrap_or("");
             let name = msg["target"]["name"].as_str().unwrap_or("").to_string();
             for f in msg["filenames"].as_array().unwrap() {
                 let f = PathBuf::from(f.as_str().unwrap());
                 if f.extension().is_some_and(|e| e == std::env::consts::DLL_EXTENSION) {
-                    let _ = pkg;
                     libs.insert(name.clone(), f);
                 }
             }

@@ -338,13 +338,15 @@ pub fn execute(
                 let s = summaries[i].take().expect("running stages have a summary");
                 let log = run.as_ref().map(|r| r.stage_log(&study.stages[i].id)).filter(|p| p.exists());
                 match *outcome {
-                    Outcome::Ran(record, _) | Outcome::FoundDone(record) => {
-                        // Found done: another process ran the same key while this one waited for its lock.
-                        let ran_here = run.as_ref().is_some_and(|r| r.id == record.provenance.run);
-                        let (status, duration) = if ran_here {
-                            (Status::Ran, Some(record.provenance.duration_ms))
-                        } else {
-                            (Status::Cached, None)
+                    outcome @ (Outcome::Ran(_) | Outcome::FoundDone(_)) => {
+                        let (record, status, duration) = match outcome {
+                            Outcome::Ran(r) => {
+                                let ms = r.provenance.duration_ms;
+                                (r, Status::Ran, Some(ms))
+                            }
+                            // Another process ran the same key while this one waited for its lock.
+                            Outcome::FoundDone(r) => (r, Status::Cached, None),
+                            Outcome::Failed { .. } => unreachable!("matched by the outer pattern"),
                         };
                         finish(
                             store,

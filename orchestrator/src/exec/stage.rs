@@ -69,7 +69,7 @@ pub enum Event {
 /// How a job ended.
 pub enum Outcome {
     /// It ran and its record is written.
-    Ran(ActionRecord, u64),
+    Ran(ActionRecord),
     /// Another process recorded the same key while this one waited for the lock.
     FoundDone(ActionRecord),
     /// It failed; the error and the tail of its log.
@@ -239,7 +239,7 @@ fn execute(job: &Job, events: &Sender<Event>, started: Instant) -> anyhow::Resul
     };
     store.put_action(&record)?;
     writeln!(log, "# done in {duration_ms} ms")?;
-    Ok(Outcome::Ran(record, duration_ms))
+    Ok(Outcome::Ran(record))
 }
 
 /// Size and modification time.
