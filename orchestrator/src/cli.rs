@@ -107,18 +107,50 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<PluginsAction>,
     },
+    /// Serve a model over an OpenAI-compatible HTTP API (chat completions with logprobs)
+    Serve {
+        /// The model: a Hugging Face model directory or a GGUF file
+        model: PathBuf,
+        /// A LoRA adapter directory (PEFT layout, e.g. a `train` stage's `adapter`), merged on load
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// The model plugin whose `generate` op answers
+        #[arg(long, default_value = "candle-lm")]
+        plugin: String,
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port to listen on (0: any free port; the first line printed says which)
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// The name clients send as `model` [default: the model's file name]
+        #[arg(long)]
+        served_model_name: Option<String>,
+        /// For testing clients: fail the first N completion requests
+        #[arg(long, default_value_t = 0, help_heading = "Testing clients")]
+        fail_first: u64,
+        /// For testing clients: how those requests fail
+        #[arg(long, value_enum, default_value = "429", help_heading = "Testing clients")]
+        fail_with: crate::serve::FailWith,
+        /// For testing clients: wait this many milliseconds before answering each completion request
+        #[arg(long, default_value_t = 0, help_heading = "Testing clients")]
+        delay_ms: u64,
+    },
     /// Run one plugin op in this process (used by `rto run`; not for people)
     #[command(hide = true)]
     Worker {
         /// The op
-        #[arg(long)]
-        op: String,
+        #[arg(long, required_unless_present = "session")]
+        op: Option<String>,
         /// The request file (JSON)
-        #[arg(long)]
-        request: PathBuf,
+        #[arg(long, required_unless_present = "session")]
+        request: Option<PathBuf>,
         /// Where to write the result (JSON)
-        #[arg(long)]
-        result: PathBuf,
+        #[arg(long, required_unless_present = "session")]
+        result: Option<PathBuf>,
+        /// Keep one instance and run the calls read from stdin, one JSON line each (`rto serve`)
+        #[arg(long, conflicts_with_all = ["op", "request", "result"])]
+        session: bool,
         /// A plugin library to load
         #[arg(long, conflicts_with = "linked")]
         library: Option<PathBuf>,
@@ -199,15 +231,22 @@ pub fn main(cli: Cli, linked: &[crate::plugin::LinkedPlugin]) -> ExitCode {
         Command::Log { study, stage } => log(&cli, study, stage),
         Command::Verify => verify(&cli),
         Command::Gc { studies, dry_run, grace } => gc(&cli, studies, *dry_run, *grace),
+        Command::Serve { .. } => serve(&cli),
         Command::Plugins { action: None } => plugins_list(&cli),
         Command::Plugins { action: Some(PluginsAction::Check { path }) } => plugins_check(&cli, path),
-        Command::Worker { op, request, result, library, linked } => {
+        Command::Worker { op, request, result, session, library, linked } => {
             let which = match (library, linked) {
                 (Some(l), _) => crate::plugin::worker::Which::Library(l.clone()),
                 (None, Some(n)) => crate::plugin::worker::Which::Linked(n.clone()),
                 (None, None) => return ExitCode::from(2),
             };
-            let code = crate::plugin::worker::main(&which, op, request, result, linked_plugins());
+            let code = match (op, request, result) {
+                _ if *session => crate::plugin::worker::session_main(&which, linked_plugins()),
+                (Some(op), Some(request), Some(result)) => {
+                    crate::plugin::worker::main(&which, op, request, result, linked_plugins())
+                }
+                _ => 2,
+            };
             return ExitCode::from(code.clamp(0, 255) as u8);
         }
     };
@@ -239,6 +278,44 @@ fn registry(cli: &Cli, study: Option<&Study>) -> crate::plugin::Registry {
     let dirs =
         crate::plugin::registry::search_dirs(&cli.plugin_dirs, study.map(|s| s.plugin_dirs.as_slice()).unwrap_or(&[]));
     crate::plugin::Registry::discover(&dirs, linked_plugins())
+}
+
+fn serve(cli: &Cli) -> Result<(), Failure> {
+    let Command::Serve { model, adapter, plugin, host, port, served_model_name, fail_first, fail_with, delay_ms } =
+        &cli.command
+    else {
+        unreachable!("called for `serve` only")
+    };
+    let reg = registry(cli, None);
+    let Some(found) = reg.find(plugin) else {
+        let names: Vec<&str> = reg.plugins.iter().map(|p| p.name.as_str()).collect();
+        return Err(Failure::Usage(format!("no plugin `{plugin}` found; found: {}", names.join(", "))));
+    };
+    if !found.ops.iter().any(|o| o == "generate") {
+        return Err(Failure::Usage(format!(
+            "plugin `{plugin}` has no `generate` op (its ops: {}), so it cannot serve",
+            found.ops.join(", ")
+        )));
+    }
+    let which = match &found.source {
+        crate::plugin::Source::Linked => crate::plugin::worker::Which::Linked(found.name.clone()),
+        crate::plugin::Source::Library { library, .. } => crate::plugin::worker::Which::Library(library.clone()),
+    };
+    let served_name = served_model_name.clone().unwrap_or_else(|| {
+        let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        name.strip_suffix(".gguf").map(str::to_string).unwrap_or(name)
+    });
+    let opts = crate::serve::Options {
+        model: model.clone(),
+        adapter: adapter.clone(),
+        served_name,
+        host: host.clone(),
+        port: *port,
+        fail_first: *fail_first,
+        fail_with: *fail_with,
+        delay: std::time::Duration::from_millis(*delay_ms),
+    };
+    crate::serve::serve(opts, which).map_err(Failure::Other)
 }
 
 fn plugins_list(cli: &Cli) -> Result<(), Failure> {

@@ -13,5 +13,6 @@ pub mod plan;
 pub mod plugin;
 pub mod remote;
 pub mod render;
+pub mod serve;
 pub mod study;
 pub mod summary;

@@ -72,7 +72,7 @@ const WORDS: &[&str] = &[
 ];
 
 /// A word-level `tokenizer.json` over [`WORDS`], with `<unk>` and `</s>` as special tokens.
-fn tokenizer() -> String {
+pub(crate) fn tokenizer() -> String {
     let mut vocab = serde_json::Map::new();
     for (i, w) in ["<unk>", "</s>"].iter().chain(WORDS).enumerate() {
         vocab.insert(w.to_string(), i.into());

@@ -11,4 +11,5 @@ mod maintenance;
 mod plugins;
 mod remote;
 mod resources;
+mod serve;
 mod support;

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use crate::support::Project;
 
 /// Builds the fixture plugins once per test binary and returns package name → library path.
-fn libraries() -> &'static std::collections::BTreeMap<String, PathBuf> {
+pub(crate) fn libraries() -> &'static std::collections::BTreeMap<String, PathBuf> {
     static LIBS: OnceLock<std::collections::BTreeMap<String, PathBuf>> = OnceLock::new();
     LIBS.get_or_init(|| {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -181,7 +181,8 @@ fn plugins_check_names_what_is_wrong_with_a_library() {
     let check = |lib: &str| p.rto(&["plugins", "check", libraries()[lib].to_str().unwrap()]);
     let ok = check("rto_fixture_ok").expect_code(0);
     assert!(
-        ok.stdout.contains("plugin `fixture` 0.1.0 (judge, protocol 1.0), ops: copy, fail, panic, abort, sleep"),
+        ok.stdout
+            .contains("plugin `fixture` 0.1.0 (judge, protocol 1.0), ops: copy, fail, panic, abort, sleep, generate"),
         "{}",
         ok.stdout
     );

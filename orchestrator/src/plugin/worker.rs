@@ -243,6 +243,21 @@ fn validate_all(instance: &mut api::client::Instance<'_>, request: &Request, hos
     WorkerResult::Ok(serde_json::Value::Array(results))
 }
 
+/// Loads the plugin `which` names: a library by `dlopen`, or a linked descriptor by name.
+fn open_plugin(which: &Which, linked: &[LinkedPlugin]) -> Result<api::client::Plugin, String> {
+    match which {
+        Which::Library(path) => super::load::open(path),
+        Which::Linked(name) => linked
+            .iter()
+            .find_map(|d| {
+                // SAFETY: static descriptors of this binary.
+                let p = unsafe { api::client::Plugin::from_raw(d()) }.ok()?;
+                (p.description.name == *name).then_some(p)
+            })
+            .ok_or_else(|| format!("this rto has no linked plugin `{name}`")),
+    }
+}
+
 /// Worker side (`rto worker`): loads the plugin, runs one op, writes the result file. Returns the process
 /// exit code.
 pub fn main(which: &Which, op: &str, request: &Path, result: &Path, linked: &[LinkedPlugin]) -> i32 {
@@ -277,18 +292,7 @@ pub fn main(which: &Which, op: &str, request: &Path, result: &Path, linked: &[Li
         Ok(r) => r,
         Err(e) => return write_result(&fail(format!("cannot read the request `{}`: {e}", request.display()))),
     };
-    let plugin = match which {
-        Which::Library(path) => super::load::open(path),
-        Which::Linked(name) => match linked.iter().find_map(|d| {
-            // SAFETY: static descriptors of this binary.
-            let p = unsafe { api::client::Plugin::from_raw(d()) }.ok()?;
-            (p.description.name == *name).then_some(p)
-        }) {
-            Some(p) => Ok(p),
-            None => Err(format!("this rto has no linked plugin `{name}`")),
-        },
-    };
-    let plugin = match plugin {
+    let plugin = match open_plugin(which, linked) {
         Ok(p) => p,
         Err(e) => return write_result(&fail(e)),
     };
@@ -308,4 +312,65 @@ pub fn main(which: &Which, op: &str, request: &Path, result: &Path, linked: &[Li
         Err(e) => WorkerResult::Error { status: e.status, reply: e.reply },
     };
     write_result(&outcome)
+}
+
+/// One call to a session worker (`rto worker --session`), a line on its stdin.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionCall {
+    /// The op.
+    pub op: String,
+    /// Its request.
+    pub request: Request,
+}
+
+/// Worker side of a session (`rto worker --session`): loads the plugin, creates ONE instance, and runs the
+/// [`SessionCall`]s read from stdin, one per line, in order, answering each with a `{"result": WorkerResult}`
+/// line on stdout (between the usual log and progress lines). The instance lives as long as the session, so
+/// an op may keep state between calls (a loaded model, for `rto serve`). EOF on stdin ends the session.
+pub fn session_main(which: &Which, linked: &[LinkedPlugin]) -> i32 {
+    let reply = |r: &WorkerResult| emit(&serde_json::json!({ "result": r }));
+    let fail = |message: String| WorkerResult::Error {
+        status: api::ffi::STATUS_ERROR,
+        reply: ErrorReply { message, param_path: None },
+    };
+    // Calls arrive on a channel so that EOF can also mark the session cancelled while an op runs.
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    {
+        let cancelled = cancelled.clone();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+            cancelled.store(true, Ordering::SeqCst);
+        });
+    }
+    let plugin = match open_plugin(which, linked) {
+        Ok(p) => p,
+        Err(e) => {
+            reply(&fail(e));
+            return 1;
+        }
+    };
+    let mut instance = match plugin.create(&serde_json::Value::Null) {
+        Ok(i) => i,
+        Err(e) => {
+            reply(&WorkerResult::Error { status: e.status, reply: e.reply });
+            return 1;
+        }
+    };
+    let host = WorkerHost { cancelled };
+    for line in rx {
+        let outcome = match serde_json::from_str::<SessionCall>(&line) {
+            Err(e) => fail(format!("a session call is not valid JSON: {e}")),
+            Ok(call) => match instance.invoke(&call.op, &call.request, &host) {
+                Ok(v) => WorkerResult::Ok(v),
+                Err(e) => WorkerResult::Error { status: e.status, reply: e.reply },
+            },
+        };
+        reply(&outcome);
+    }
+    0
 }

@@ -1,10 +1,15 @@
 //! A well-behaved test plugin whose ops misbehave on request: `copy` (the normal case), `fail`, `panic`,
-//! `abort`, `sleep` (until cancelled) and `exit` (the process exits under the host's feet).
+//! `abort`, `sleep` (until cancelled) and `exit` (the process exits under the host's feet); and `generate`, an
+//! echo for `rto serve`'s session mechanics: it answers `echo <n>: <last message>`, where `n` counts the calls
+//! this instance has served (so a test sees whether the instance survived), and aborts the process when the
+//! message is `abort`.
 
 use api::{Backend, Error, Kind, OpContext};
 
 /// The fixture back-end.
-pub struct Fixture;
+pub struct Fixture {
+    generated: u64,
+}
 
 impl Backend for Fixture {
     const NAME: &'static str = "fixture";
@@ -12,11 +17,11 @@ impl Backend for Fixture {
     const KIND: Kind = Kind::Judge;
 
     fn ops() -> Vec<api::protocol::OpInfo> {
-        ["copy", "fail", "panic", "abort", "sleep"].iter().map(|o| api::op(o, "a fixture op")).collect()
+        ["copy", "fail", "panic", "abort", "sleep", "generate"].iter().map(|o| api::op(o, "a fixture op")).collect()
     }
 
     fn create(_: &serde_json::Value) -> Result<Self, Error> {
-        Ok(Fixture)
+        Ok(Fixture { generated: 0 })
     }
 
     fn validate(&self, op: &str, params: &serde_json::Value, inputs: &[String]) -> Result<(), Error> {
@@ -44,6 +49,20 @@ impl Backend for Fixture {
             "fail" => Err(Error::Failed("the fixture failed on purpose".into())),
             "panic" => panic!("the fixture panicked on purpose"),
             "abort" => std::process::abort(),
+            "generate" => {
+                let p = ctx.params;
+                let last = p["messages"].as_array().and_then(|m| m.last()).map(|m| &m["content"]);
+                let text = last.or(p.get("prompt")).and_then(|t| t.as_str()).unwrap_or_default();
+                if text == "abort" {
+                    std::process::abort();
+                }
+                self.generated += 1;
+                let answer = format!("echo {}: {text}", self.generated);
+                let words = answer.split_whitespace().count() as u64;
+                Ok(serde_json::json!({
+                    "text": answer, "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": words
+                }))
+            }
             _ => {
                 ctx.log("sleeping until cancelled");
                 while !ctx.cancelled() {
