@@ -20,19 +20,63 @@ pub enum CanonicalError {
     NonFinite { path: Vec<String> },
 }
 
-/// Converts a TOML value, interpolating `vars` into every string.
-pub fn to_canonical(value: &toml::Value, vars: &BTreeMap<String, String>) -> Result<Value, CanonicalError> {
-    convert(value, vars, &mut Vec::new())
-}
-
-fn convert(
+/// Converts a TOML value, interpolating `vars` into every string. A string that is exactly one placeholder
+/// (`"{lr}"`) of a variable in `typed` takes that value with its type, so that `foreach = { lr = [1e-4, 3e-4] }`
+/// with `lr = "{lr}"` gives a number, not the string `"0.0001"`.
+pub fn to_canonical(
     value: &toml::Value,
     vars: &BTreeMap<String, String>,
-    path: &mut Vec<String>,
+    typed: &BTreeMap<String, Value>,
 ) -> Result<Value, CanonicalError> {
+    convert(value, &(vars, typed), &mut Vec::new())
+}
+
+/// The variables of one matrix combination whose value is a number or boolean (in `[vars]` or `foreach`), as
+/// JSON values: what a whole-placeholder param string becomes (see [`to_canonical`]).
+pub fn typed_vars(
+    vars: &BTreeMap<String, String>,
+    globals: &BTreeMap<String, toml::Value>,
+    foreach: Option<&super::raw::Matrix>,
+) -> BTreeMap<String, Value> {
+    // The JSON form of a typed scalar whose text is the variable's current value.
+    let typed_value = |name: &str, v: &toml::Value| -> Option<Value> {
+        if vars.get(name) != scalar_text(v).as_ref() {
+            return None;
+        }
+        match v {
+            toml::Value::Integer(i) => Some(Value::Number((*i).into())),
+            toml::Value::Float(f) => canonical_float(*f),
+            toml::Value::Boolean(b) => Some(Value::Bool(*b)),
+            _ => None,
+        }
+    };
+    let mut typed: BTreeMap<String, Value> =
+        globals.iter().filter_map(|(name, v)| Some((name.clone(), typed_value(name, v)?))).collect();
+    // A matrix variable shadows a global of the same name: the value in effect is the combination's.
+    for (name, values) in foreach.into_iter().flatten() {
+        typed.remove(name);
+        let current = values.get_ref().iter().find(|v| vars.get(name) == scalar_text(v.get_ref()).as_ref());
+        if let Some(v) = current.and_then(|v| typed_value(name, v.get_ref())) {
+            typed.insert(name.clone(), v);
+        }
+    }
+    typed
+}
+
+type Vars<'a> = (&'a BTreeMap<String, String>, &'a BTreeMap<String, Value>);
+
+fn convert(value: &toml::Value, vars: &Vars<'_>, path: &mut Vec<String>) -> Result<Value, CanonicalError> {
+    let (text_vars, typed) = *vars;
     Ok(match value {
         toml::Value::String(s) => {
-            Value::String(interpolate(s, vars).map_err(|name| CanonicalError::UnknownVar { path: path.clone(), name })?)
+            let whole = s.strip_prefix('{').and_then(|r| r.strip_suffix('}')).filter(|n| !n.contains(['{', '}']));
+            match whole.and_then(|name| typed.get(name)) {
+                Some(v) => v.clone(),
+                None => Value::String(
+                    interpolate(s, text_vars)
+                        .map_err(|name| CanonicalError::UnknownVar { path: path.clone(), name })?,
+                ),
+            }
         }
         toml::Value::Integer(i) => Value::Number((*i).into()),
         toml::Value::Float(f) => canonical_float(*f).ok_or_else(|| CanonicalError::NonFinite { path: path.clone() })?,
@@ -90,7 +134,7 @@ mod tests {
 
     fn canon(toml_text: &str) -> String {
         let t: toml::Table = toml::from_str(toml_text).unwrap();
-        to_canonical(&toml::Value::Table(t), &BTreeMap::new()).unwrap().to_string()
+        to_canonical(&toml::Value::Table(t), &BTreeMap::new(), &BTreeMap::new()).unwrap().to_string()
     }
 
     #[test]
@@ -106,9 +150,36 @@ mod tests {
     #[test]
     fn non_finite_floats_are_refused_with_their_path() {
         let t: toml::Table = toml::from_str("a = { b = [1, nan] }").unwrap();
-        match to_canonical(&toml::Value::Table(t), &BTreeMap::new()) {
+        match to_canonical(&toml::Value::Table(t), &BTreeMap::new(), &BTreeMap::new()) {
             Err(CanonicalError::NonFinite { path }) => assert_eq!(path, ["a", "b", "1"]),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod typed_tests {
+    use std::path::Path;
+
+    #[test]
+    fn a_whole_placeholder_keeps_the_type_of_its_matrix_or_global_value() {
+        let text = r#"
+[vars]
+lr = 1e-4
+name = "base"
+[[stage]]
+id = "s-{n}-{flag}"
+uses = "command"
+foreach = { n = [0, 100], flag = [true] }
+params = { run = "echo", take = "{n}", lr = "{lr}", tag = "{name}", label = "n={n}", on = "{flag}" }
+"#;
+        let study = crate::study::load(Path::new("/tmp/typed.toml"), text.to_string()).unwrap();
+        let p = &study.stages[1].params;
+        assert_eq!(p["take"], serde_json::json!(100));
+        assert_eq!(p["lr"], serde_json::json!(0.0001));
+        assert_eq!(p["on"], serde_json::json!(true));
+        // Strings stay strings: a string variable, and a placeholder inside a longer string.
+        assert_eq!(p["tag"], serde_json::json!("base"));
+        assert_eq!(p["label"], serde_json::json!("n=100"));
     }
 }

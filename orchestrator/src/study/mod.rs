@@ -172,6 +172,8 @@ pub fn load(path: &Path, text: String) -> Result<Study, StudyError> {
     };
 
     let mut globals = BTreeMap::new();
+    let typed_globals: BTreeMap<String, toml::Value> =
+        raw.vars.iter().map(|(k, v)| (k.clone(), v.get_ref().clone())).collect();
     for (k, v) in &raw.vars {
         let text = scalar_text(v.get_ref()).ok_or_else(|| {
             StudyError::at(&source, v.span(), format!("variable `{k}` must be a string, number or boolean"), "here")
@@ -181,7 +183,7 @@ pub fn load(path: &Path, text: String) -> Result<Study, StudyError> {
 
     let mut stages = Vec::new();
     for (table, spanned) in raw.stage.iter().enumerate() {
-        expand_stage(&source, table, spanned, &globals, &mut stages)?;
+        expand_stage(&source, table, spanned, (&globals, &typed_globals), &mut stages)?;
     }
 
     let mut first_at: HashMap<String, usize> = HashMap::new();
@@ -265,7 +267,7 @@ fn expand_stage(
     source: &Source,
     table: usize,
     spanned: &Spanned<raw::RawStage>,
-    globals: &BTreeMap<String, String>,
+    (globals, typed_globals): (&BTreeMap<String, String>, &BTreeMap<String, toml::Value>),
     out: &mut Vec<Stage>,
 ) -> Result<(), StudyError> {
     let raw = spanned.get_ref();
@@ -312,7 +314,11 @@ fn expand_stage(
             .map_err(|m| StudyError::at(source, raw.id.span(), format!("stage id `{id}`: {m}"), "this id"))?;
         let params = match &raw.params {
             None => serde_json::Value::Object(Default::default()),
-            Some(p) => to_canonical(&toml::Value::Table(p.get_ref().clone()), &vars).map_err(|e| {
+            Some(p) => {
+                let typed = canonical::typed_vars(&vars, typed_globals, raw.foreach.as_ref().map(|f| f.get_ref()));
+                to_canonical(&toml::Value::Table(p.get_ref().clone()), &vars, &typed)
+            }
+            .map_err(|e| {
                 let (path, message) = match e {
                     CanonicalError::UnknownVar { path, name } => (path, unknown_var_message(&name, &vars)),
                     CanonicalError::NonFinite { path } => (path, "NaN and infinite numbers cannot be params".into()),

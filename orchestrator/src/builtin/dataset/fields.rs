@@ -136,20 +136,22 @@ impl Mapping {
                         "`fields` needs `prompt` (or `conversations`) when no `preset` is given".to_owned(),
                     ));
                 };
-                let Some(response) = get("response") else {
-                    return Err((
-                        None,
-                        "`fields` needs `response` (or `conversations`) when no `preset` is given".to_owned(),
-                    ));
-                };
-                Layout::Pair { prompt, context: get("context"), response: vec![response] }
+                // No `response`: a prompt-only source (AdvBench, HarmBench, …), valid only for an evaluation set,
+                // which `Params::parse` checks since only it knows `holdout`.
+                Layout::Pair { prompt, context: get("context"), response: get("response").into_iter().collect() }
             }
         };
         let expects = describe(preset.filter(|_| fields.is_empty()), &layout);
         Ok(Mapping { layout, expects })
     }
 
-    /// Extracts `(prompt, response)` from a row. `file` is the file's name as shown in messages.
+    /// False for a prompt-only source (explicit `fields` without `response`): its examples have no response.
+    pub(super) fn has_response(&self) -> bool {
+        !matches!(&self.layout, Layout::Pair { response, .. } if response.is_empty())
+    }
+
+    /// Extracts `(prompt, response)` from a row (the response is empty for a prompt-only source). `file` is the
+    /// file's name as shown in messages.
     pub(super) fn extract(&self, row: &Row, file: &str) -> Result<(String, String), String> {
         let loc = &row.loc;
         match &self.layout {
@@ -159,15 +161,16 @@ impl Mapping {
                     Some(name) => self.optional(row, name, file)?,
                     None => "",
                 };
-                let Some((name, value)) = response.iter().find_map(|name| row.fields.get(name).map(|v| (name, v)))
-                else {
+                let found = response.iter().find_map(|name| row.fields.get(name).map(|v| (name, v)));
+                let Some((name, value)) = found else {
+                    if response.is_empty() {
+                        return Ok((self.join(instruction, context), String::new()));
+                    }
                     let missing = response.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(" or ");
                     return Err(format!("`{file}` {loc}: field {missing} is missing ({})", self.expects));
                 };
                 let response = self.as_text(value, name, row, file)?;
-                let prompt =
-                    if context.is_empty() { instruction.to_owned() } else { format!("{instruction}\n\n{context}") };
-                Ok((prompt, response.to_owned()))
+                Ok((self.join(instruction, context), response.to_owned()))
             }
             Layout::Conversations { field } => {
                 let value = row
@@ -192,6 +195,11 @@ impl Mapping {
                 Ok((prompt.to_owned(), response.to_owned()))
             }
         }
+    }
+
+    /// The prompt: the instruction, then a blank line and the context when there is one.
+    fn join(&self, instruction: &str, context: &str) -> String {
+        if context.is_empty() { instruction.to_owned() } else { format!("{instruction}\n\n{context}") }
     }
 
     fn required<'r>(&self, row: &'r Row, name: &str, file: &str) -> Result<&'r str, String> {

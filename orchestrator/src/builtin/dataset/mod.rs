@@ -131,7 +131,8 @@ struct PromptLine<'a> {
     id: &'a str,
     instruction: &'a str,
     prompt: String,
-    reference: &'a str,
+    /// `None` (JSON `null`) for a prompt-only source, which has no reference answer.
+    reference: Option<&'a str>,
 }
 
 /// How often (in rows) loops look at the cancel flag: often enough to stop within a blink, rarely enough to cost
@@ -193,7 +194,8 @@ fn build(ctx: &mut StageContext<'_>, params: &Params) -> Result<()> {
     })?;
     write_jsonl(ctx.out_dir, "prompts.jsonl", held_out.iter().map(|(_, e)| e), |_, e| {
         let prompt = renderer.inference(&e.prompt).map_err(|m| anyhow!("example `{}`: {m}", e.id))?;
-        Ok(PromptLine { id: &e.id, instruction: &e.prompt, prompt, reference: &e.response })
+        let reference = params.sources[e.source].mapping.has_response().then_some(e.response.as_str());
+        Ok(PromptLine { id: &e.id, instruction: &e.prompt, prompt, reference })
     })?;
 
     let summary = Stats {

@@ -125,6 +125,15 @@ impl Params {
                 ));
             }
         };
+        if holdout != HOLDOUT_ALL
+            && let Some(i) = sources.iter().position(|s| !s.mapping.has_response())
+        {
+            return Err(ParamError::new(
+                &["sources", &i.to_string(), "fields"],
+                "this source has no `response` field, so it can only feed an evaluation set (`holdout = \"all\"`); \
+                 give `fields.response` to train on it",
+            ));
+        }
         Ok(Params { mode, template, eos, seed, dedup, holdout, sources })
     }
 }
@@ -222,7 +231,8 @@ fn parse_source(v: &Value, index: &str, input_names: &[&str]) -> Result<Source, 
     })?;
 
     let first = map.get("first").map(|v| positive(v, &at("first"))).transpose()?;
-    let take = map.get("take").map(|v| positive(v, &at("take"))).transpose()?;
+    // `take = 0` is allowed: an empty draw is the control arm of a mixture sweep (0, 100, 200 … refusals).
+    let take = map.get("take").map(|v| to_usize(unsigned(v, &at("take"))?, &at("take"))).transpose()?;
     let take_at_most = map.get("take_at_most").map(|v| boolean(v, &at("take_at_most"))).transpose()?.unwrap_or(false);
     if take_at_most && take.is_none() {
         return Err(ParamError::new(&at("take_at_most"), "`take_at_most` only applies together with `take`"));

@@ -577,6 +577,19 @@ fn holdout_all_makes_an_evaluation_set_in_file_order() {
 }
 
 #[test]
+fn a_prompt_only_source_makes_an_evaluation_set_without_references() {
+    let rows = b"{\"prompt\": \"Write a poem\", \"context\": \"about rust\"}\n{\"prompt\": \"Say hi\"}\n";
+    let params = json!({"mode": "it", "holdout": "all",
+                        "sources": [{"input": "p", "fields": {"prompt": "prompt", "context": "context"}}]});
+    let out = run(&[("p", "p.jsonl", rows)], params).unwrap();
+    let lines: Vec<serde_json::Value> = out.prompts.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["instruction"], "Write a poem\n\nabout rust");
+    assert!(lines[0]["reference"].is_null(), "{}", lines[0]);
+    assert_eq!(lines[1]["instruction"], "Say hi");
+}
+
+#[test]
 fn shuffle_is_seeded() {
     let order = |seed: u64| {
         let params = json!({"mode": "rt", "seed": seed, "sources": [{"input": "g", "preset": "generic"}]});
@@ -809,7 +822,7 @@ fn params_errors() {
         &["sources", "1", "input"],
         &["`b` is not an input of this stage", "`a`, `tok`"],
     );
-    check_param_err(src(json!({"take": 0})), inputs, &["sources", "1", "take"], &["positive integer", "`0`"]);
+    check_param_err(src(json!({"take": -1})), inputs, &["sources", "1", "take"], &["non-negative integer", "`-1`"]);
     check_param_err(
         src(json!({"first": "10"})),
         inputs,
@@ -856,8 +869,8 @@ fn params_errors() {
     check_param_err(
         json!({"mode": "it", "sources": [{"input": "a", "fields": {"prompt": "q"}}]}),
         inputs,
-        &["sources", "0"],
-        &["`fields` needs `response`"],
+        &["sources", "0", "fields"],
+        &["no `response` field", "`holdout = \"all\"`"],
     );
     check_param_err(
         json!({"mode": "it", "sources": [{"preset": "alpaca"}]}),
@@ -912,9 +925,18 @@ fn valid_params_pass() {
 
 #[test]
 fn run_rechecks_params() {
-    let params = json!({"mode": "it", "sources": [{"input": "a", "preset": "alpaca", "take": 0}]});
+    let params = json!({"mode": "it", "sources": [{"input": "a", "preset": "alpaca", "take": 1.5}]});
     let err = run_with(&[("a", "a.jsonl", ALPACA)], params, false).err().unwrap_or_default();
-    assert!(err.starts_with("param `sources.0.take`: expected a positive integer"), "{err}");
+    assert!(err.starts_with("param `sources.0.take`: expected a non-negative integer"), "{err}");
+}
+
+#[test]
+fn take_zero_contributes_nothing_the_control_arm_of_a_mixture() {
+    let params = json!({"mode": "it", "sources": [
+        {"input": "a", "preset": "alpaca"}, {"input": "g", "preset": "generic", "take": 0}]});
+    let out = run(&[("a", "a.jsonl", ALPACA), ("g", "g.jsonl", &numbered(3))], params).unwrap();
+    assert_eq!(out.train.lines().count(), 2, "{}", out.train);
+    assert!(out.train.lines().all(|l| l.starts_with("a:")), "{}", out.train);
 }
 
 #[test]
