@@ -126,6 +126,9 @@ pub enum Command {
         /// The name clients send as `model` [default: the model's file name]
         #[arg(long)]
         served_model_name: Option<String>,
+        /// A Jinja chat template file, for models without one (a request's `chat_template` field wins)
+        #[arg(long)]
+        chat_template: Option<PathBuf>,
         /// For testing clients: fail the first N completion requests
         #[arg(long, default_value_t = 0, help_heading = "Testing clients")]
         fail_first: u64,
@@ -281,8 +284,18 @@ fn registry(cli: &Cli, study: Option<&Study>) -> crate::plugin::Registry {
 }
 
 fn serve(cli: &Cli) -> Result<(), Failure> {
-    let Command::Serve { model, adapter, plugin, host, port, served_model_name, fail_first, fail_with, delay_ms } =
-        &cli.command
+    let Command::Serve {
+        model,
+        adapter,
+        plugin,
+        host,
+        port,
+        served_model_name,
+        chat_template,
+        fail_first,
+        fail_with,
+        delay_ms,
+    } = &cli.command
     else {
         unreachable!("called for `serve` only")
     };
@@ -305,7 +318,15 @@ fn serve(cli: &Cli) -> Result<(), Failure> {
         let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
         name.strip_suffix(".gguf").map(str::to_string).unwrap_or(name)
     });
+    let chat_template = match chat_template {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| Failure::Usage(format!("cannot read the chat template `{}`: {e}", path.display())))?,
+        ),
+        None => None,
+    };
     let opts = crate::serve::Options {
+        chat_template,
         model: model.clone(),
         adapter: adapter.clone(),
         served_name,

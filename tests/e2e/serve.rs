@@ -5,7 +5,9 @@
 //! model checks real generation with logprobs.
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -195,4 +197,71 @@ fn serve_refuses_a_plugin_without_generate_and_a_missing_model() {
     assert!(out.stderr.contains("no plugin `nope` found"), "{}", out.stderr);
     let out = p.rto(&["serve", "--plugin-dir", "plugins", "--plugin", "fixture", "missing.bin"]).expect_code(1);
     assert!(out.stderr.contains("the model `missing.bin` does not exist"), "{}", out.stderr);
+}
+
+/// A tiny candle-lm model directory (word-level tokenizer, random weights), made once per test binary by a
+/// study of `candle-lm:init`, and kept for the binary's lifetime.
+pub(crate) fn tiny_model() -> &'static Path {
+    static MODEL: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = MODEL.get_or_init(|| {
+        let study = r#"
+[[stage]]
+id = "init"
+uses = "candle-lm:init"
+inputs = { tokenizer = "tok" }
+params = { hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2, num_attention_heads = 4, num_key_value_heads = 2, max_position_embeddings = 64, seed = 0 }
+"#;
+        let p = Project::new(study, &[("tok/tokenizer.json", &crate::candle::tokenizer())]);
+        p.run(&[]);
+        let model = std::fs::canonicalize(p.path("results/study/init/model")).unwrap();
+        (p.into_dir(), model)
+    });
+    path
+}
+
+#[test]
+fn a_candle_lm_model_answers_chat_with_logprobs_deterministically() {
+    let p = Project::new("", &[("chat.jinja", "{% for m in messages %}{{ m.content }} {% endfor %}")]);
+    let model = tiny_model().to_str().unwrap().to_string();
+    let s = Server::start(&p, &["--served-model-name", "tiny", "--chat-template", "chat.jinja", &model]);
+    let body = json!({
+        "model": "tiny",
+        "messages": [{ "role": "user", "content": "what is the colour of the sky ?" }],
+        "max_tokens": 4, "temperature": 0, "logprobs": true, "top_logprobs": 5
+    });
+    let (code, a) = s.post("/v1/chat/completions", &body).unwrap();
+    assert_eq!(code, 200, "{a}");
+    let content = a["choices"][0]["logprobs"]["content"].as_array().unwrap_or_else(|| panic!("no logprobs: {a}"));
+    assert!(!content.is_empty() && content.len() <= 4, "{a}");
+    assert!(a["usage"]["completion_tokens"].as_u64().unwrap() as usize >= content.len(), "{a}");
+    for entry in content {
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 5, "{entry}");
+        // Greedy: the chosen token is the most likely one, and the alternatives are a sub-distribution.
+        assert_eq!(entry["token"], top[0]["token"], "{entry}");
+        assert_eq!(entry["logprob"], top[0]["logprob"], "{entry}");
+        let mass: f64 = top.iter().map(|t| t["logprob"].as_f64().unwrap().exp()).sum();
+        assert!(mass <= 1.0 + 1e-6, "{entry}");
+        assert!(top.windows(2).all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64()), "{entry}");
+        let bytes: Vec<u8> = entry["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+        assert_eq!(String::from_utf8(bytes).unwrap(), entry["token"].as_str().unwrap(), "{entry}");
+    }
+    // The same request gives the same answer from the live instance; the legacy endpoint agrees on the text.
+    let (_, again) = s.post("/v1/chat/completions", &body).unwrap();
+    assert_eq!(text(&again), text(&a));
+    let (code, t) = s
+        .post(
+            "/v1/completions",
+            &json!({ "prompt": "what is the colour of the sky ? ", "max_tokens": 4, "temperature": 0, "logprobs": 2 }),
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{t}");
+    assert_eq!(t["choices"][0]["text"], a["choices"][0]["message"]["content"], "{t}\n{a}");
+    assert_eq!(t["choices"][0]["logprobs"]["top_logprobs"][0].as_object().unwrap().len(), 2, "{t}");
+    // Without a template of its own or from the server, a chat request is refused, naming the field.
+    drop(s);
+    let s = Server::start(&p, &["--served-model-name", "tiny", &model]);
+    let (code, e) = s.post("/v1/chat/completions", &body).unwrap();
+    assert_eq!(code, 400, "{e}");
+    assert_eq!(s.stats(), (1, 0));
 }

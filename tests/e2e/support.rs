@@ -58,6 +58,11 @@ impl Project {
         p
     }
 
+    /// The project's directory, kept after the `Project` is gone (for fixtures shared by several tests).
+    pub fn into_dir(self) -> tempfile::TempDir {
+        self.dir
+    }
+
     /// Writes a file relative to the project.
     pub fn write(&self, rel: &str, content: &str) {
         let path = self.path(rel);

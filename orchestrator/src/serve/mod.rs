@@ -44,6 +44,8 @@ pub struct Options {
     pub adapter: Option<PathBuf>,
     /// The name clients send as `model` [default: the model's file name].
     pub served_name: String,
+    /// A chat template for models without one (a request's own `chat_template` wins).
+    pub chat_template: Option<String>,
     /// Address to listen on.
     pub host: String,
     /// Port (0: any free port; the line printed at start says which).
@@ -75,7 +77,12 @@ pub fn serve(opts: Options, which: Which) -> anyhow::Result<()> {
     }
     let opts = Options { model, adapter: opts.adapter.map(|a| std::path::absolute(&a).unwrap_or(a)), ..opts };
     let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
-    let generator = Generator { session: Session::new(which), inputs: inputs(&opts), scratch: scratch.path().into() };
+    let generator = Generator {
+        session: Session::new(which),
+        inputs: inputs(&opts),
+        scratch: scratch.path().into(),
+        chat_template: opts.chat_template.clone(),
+    };
     let generator = std::sync::Arc::new(std::sync::Mutex::new(generator));
     {
         let mut g = generator.lock().expect("not poisoned");
@@ -106,11 +113,18 @@ pub(crate) struct Generator {
     session: Session,
     inputs: BTreeMap<String, PathBuf>,
     scratch: PathBuf,
+    chat_template: Option<String>,
 }
 
 impl Generator {
     /// Runs `generate` with `params`; a worker crash becomes a 500 and the next call starts a new worker.
-    pub(crate) fn generate(&mut self, params: serde_json::Value) -> Result<serde_json::Value, openai::ApiError> {
+    pub(crate) fn generate(&mut self, mut params: serde_json::Value) -> Result<serde_json::Value, openai::ApiError> {
+        if let Some(t) = &self.chat_template
+            && params.get("messages").is_some()
+            && params.get("chat_template").is_none()
+        {
+            params["chat_template"] = serde_json::Value::String(t.clone());
+        }
         let request = api::protocol::Request {
             protocol: api::protocol::PROTOCOL_VERSION.into(),
             stage_id: "serve".into(),

@@ -53,6 +53,8 @@ struct ChatRequest {
     top_logprobs: Option<Value>,
     n: Option<Value>,
     stream: Option<Value>,
+    /// vLLM's extension: a Jinja chat template for this request.
+    chat_template: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +125,11 @@ pub fn chat_request(body: &[u8]) -> Result<Parsed, ApiError> {
         req.stop.as_ref(),
     )?;
     params["messages"] = Value::Array(plain);
+    match req.chat_template {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) => params["chat_template"] = Value::String(t),
+        Some(_) => return Err(ApiError::invalid("chat_template", "must be a string (a Jinja template)")),
+    }
     params["logprobs"] = Value::Bool(logprobs);
     params["top_logprobs"] = json!(top_logprobs.unwrap_or(0));
     Ok(Parsed { model: req.model, params })

@@ -58,9 +58,40 @@ impl Rope {
         Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
     }
 
-    /// Rotates `x` of shape `(batch, heads, len, head_dim)`; `rope_slow` is the differentiable variant.
+    /// `(cos, sin)`, each `(batch, len, head_dim / 2)` in `dtype`, for a left-padded batch: row `r` holds
+    /// `pads[r]` padding positions before its tokens, which start at position 0 as if the row were alone (HF's
+    /// `position_ids = cumsum(attention_mask) - 1`). Positions `offset .. offset + len` of the padded sequence
+    /// are computed; padding positions get position 0 (their output is never attended to).
+    pub fn cos_sin_padded(
+        &self,
+        offset: usize,
+        len: usize,
+        pads: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let positions: Vec<f32> =
+            pads.iter().flat_map(|pad| (offset..offset + len).map(move |i| i.saturating_sub(*pad) as f32)).collect();
+        let positions = Tensor::from_vec(positions, (pads.len(), len, 1), device)?;
+        let inv_freq = Tensor::from_slice(&self.inv_freq, (1, 1, self.inv_freq.len()), device)?;
+        let angles = positions.broadcast_mul(&inv_freq)?;
+        Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
+    }
+
+    /// Rotates `x` of shape `(batch, heads, len, head_dim)` by tables from [`Rope::cos_sin`] (shared by the
+    /// batch; `rope_slow` is the differentiable variant) or [`Rope::cos_sin_padded`] (one per row).
     pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        candle_nn::rotary_emb::rope_slow(&x.contiguous()?, cos, sin)
+        if cos.rank() == 2 {
+            return candle_nn::rotary_emb::rope_slow(&x.contiguous()?, cos, sin);
+        }
+        // rope_slow's formula with a per-row table: (batch, len, half) → (batch, 1, len, head_dim).
+        let x = x.contiguous()?;
+        let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
+        let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
+        let half = x.dim(D::Minus1)? / 2;
+        let rotated =
+            Tensor::cat(&[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?], D::Minus1)?;
+        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
     }
 }
 
@@ -79,6 +110,33 @@ pub fn attention_mask(len: usize, offset: usize, window: Option<usize>, device: 
         })
         .collect();
     Tensor::from_vec(mask, (1, 1, len, total), device)
+}
+
+/// [`attention_mask`] for a left-padded batch, `(batch, 1, len, offset + len)`: row `r`'s first `pads[r]`
+/// positions are padding, which no query sees, except that a padding query sees itself, so that its softmax row
+/// is not all `-inf` (NaN would then reach the real rows through `0 · NaN` in the next layer's values).
+pub fn padded_attention_mask(
+    len: usize,
+    offset: usize,
+    pads: &[usize],
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
+    let total = offset + len;
+    let mask: Vec<f32> = pads
+        .iter()
+        .flat_map(|&pad| {
+            (0..len).flat_map(move |i| {
+                let pos = offset + i;
+                (0..total).map(move |j| {
+                    // Indices, not positions, but a window compares differences, which padding does not change.
+                    let visible = (j <= pos && j >= pad && window.is_none_or(|w| pos - j < w)) || j == pos;
+                    if visible { 0.0 } else { f32::NEG_INFINITY }
+                })
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (pads.len(), 1, len, total), device)
 }
 
 /// Repeats each of the `n_kv` heads of `(batch, n_kv, len, head_dim)` `n_rep` times (grouped-query attention);
@@ -136,6 +194,46 @@ mod tests {
     fn visible(len: usize, offset: usize, window: Option<usize>) -> Vec<Vec<u8>> {
         let m = attention_mask(len, offset, window, &Device::Cpu).unwrap().squeeze(0).unwrap().squeeze(0).unwrap();
         m.to_vec2::<f32>().unwrap().iter().map(|r| r.iter().map(|v| u8::from(*v == 0.0)).collect()).collect()
+    }
+
+    fn visible_padded(len: usize, offset: usize, pads: &[usize], window: Option<usize>) -> Vec<Vec<Vec<u8>>> {
+        let m = padded_attention_mask(len, offset, pads, window, &Device::Cpu).unwrap().squeeze(1).unwrap();
+        let rows = m.to_vec3::<f32>().unwrap();
+        rows.iter().map(|r| r.iter().map(|q| q.iter().map(|v| u8::from(*v == 0.0)).collect()).collect()).collect()
+    }
+
+    #[test]
+    fn padded_mask_hides_padding_but_never_a_whole_row() {
+        let m = visible_padded(3, 0, &[0, 2], None);
+        assert_eq!(m[0], visible(3, 0, None), "an unpadded row is plainly causal");
+        assert_eq!(m[1], vec![vec![1, 0, 0], vec![0, 1, 0], vec![0, 0, 1]]);
+        // One cached step later, with a window of 2 counted from the row's own tokens.
+        let m = visible_padded(1, 3, &[1, 0], Some(2));
+        assert_eq!(m, vec![vec![vec![0, 0, 1, 1]], vec![vec![0, 0, 1, 1]]]);
+        let m = visible_padded(1, 3, &[2, 0], Some(3));
+        assert_eq!(m, vec![vec![vec![0, 0, 1, 1]], vec![vec![0, 1, 1, 1]]]);
+    }
+
+    #[test]
+    fn padded_rope_tables_restart_each_row_at_zero() {
+        let rope = Rope::new(Rope::default_inv_freq(10_000.0, 8));
+        let (cos, sin) = rope.cos_sin_padded(1, 3, &[0, 2], DType::F32, &Device::Cpu).unwrap();
+        let (cos0, sin0) = rope.cos_sin(1, 3, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(cos.get(0).unwrap().to_vec2::<f32>().unwrap(), cos0.to_vec2::<f32>().unwrap());
+        assert_eq!(sin.get(0).unwrap().to_vec2::<f32>().unwrap(), sin0.to_vec2::<f32>().unwrap());
+        // Row 1: indices 1, 2, 3 behind two pads are positions 0, 0, 1.
+        let (cos1, _) = rope.cos_sin(0, 2, DType::F32, &Device::Cpu).unwrap();
+        let row1 = cos.get(1).unwrap().to_vec2::<f32>().unwrap();
+        let want = cos1.to_vec2::<f32>().unwrap();
+        assert_eq!(row1, vec![want[0].clone(), want[0].clone(), want[1].clone()]);
+        // The per-row rotation equals rope_slow's on the same positions.
+        let x = Tensor::arange(0f32, 2.0 * 2.0 * 3.0 * 8.0, &Device::Cpu).unwrap().reshape((2, 2, 3, 8)).unwrap();
+        let x = (x / 17.0).unwrap().sin().unwrap();
+        let shared = Rope::apply(&x, &cos0, &sin0).unwrap();
+        let (c, s) = rope.cos_sin_padded(1, 3, &[0, 0], DType::F32, &Device::Cpu).unwrap();
+        let per_row = Rope::apply(&x, &c, &s).unwrap();
+        let diff = (shared - per_row).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
     }
 
     #[test]

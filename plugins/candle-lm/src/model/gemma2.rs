@@ -17,7 +17,7 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use crate::lora::{Linear, LoraSet};
-use crate::model::KvCache;
+use crate::model::{KvCache, Step};
 use crate::nn::{self, Activation, Rope};
 
 /// The fields of a Gemma-2 `config.json` this decoder reads; names and defaults as in HF's `Gemma2Config`.
@@ -360,17 +360,35 @@ impl Model {
     }
 
     /// Logits `(batch, len, vocab)` in f32 for `input_ids` `(batch, len)` (u32). With a cache, the ids continue
-    /// the cached sequence (positions start at its length) and the cache is extended.
-    pub fn forward(&self, input_ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (_, len) = input_ids.dims2()?;
-        let offset = cache.as_ref().map_or(0, |c| c.len());
+    /// the cached sequence (positions start at its length, per row when it is padded) and the cache is extended.
+    pub fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let x = self.hidden(input_ids, cache)?;
+        self.head(&x)
+    }
+
+    /// [`Model::forward`]'s logits at the last position only, `(batch, vocab)`.
+    pub fn forward_last(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let x = self.hidden(input_ids, cache)?;
+        self.head(&x.narrow(1, x.dim(1)? - 1, 1)?)?.squeeze(1)
+    }
+
+    /// Final norm, tied head, soft cap.
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let logits = self.lm_head.forward(&self.norm.forward(x)?)?;
+        soft_cap(logits, self.final_logit_softcapping)?.to_dtype(DType::F32)
+    }
+
+    /// The residual stream after the last layer, `(batch, len, hidden)`.
+    fn hidden(&self, input_ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let step = Step::new(input_ids, cache.as_deref())?;
+        let len = input_ids.dim(1)?;
         if let Some(c) = cache.as_mut() {
             c.ensure_layers(self.layers.len());
         }
         let device = input_ids.device();
-        let (cos, sin) = self.rope.cos_sin(offset, len, self.dtype, device)?;
-        let global = nn::attention_mask(len, offset, None, device)?;
-        let local = nn::attention_mask(len, offset, self.window, device)?;
+        let (cos, sin) = step.rope(&self.rope, self.dtype, device)?;
+        let global = step.mask(None, device)?;
+        let local = step.mask(self.window, device)?;
         // HF multiplies by the normaliser rounded to the model's dtype.
         let normalizer = Tensor::new((self.hidden_size as f32).sqrt(), device)?.to_dtype(self.dtype)?;
         let mut x = self.embed_tokens.forward(input_ids)?.broadcast_mul(&normalizer)?;
@@ -382,7 +400,6 @@ impl Model {
         if let Some(c) = cache.as_mut() {
             c.advance(len);
         }
-        let logits = self.lm_head.forward(&self.norm.forward(&x)?)?;
-        soft_cap(logits, self.final_logit_softcapping)?.to_dtype(DType::F32)
+        Ok(x)
     }
 }

@@ -6,21 +6,33 @@ pub mod llama;
 
 use std::path::Path;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::LoadError;
 use crate::lora::LoraSet;
+use crate::nn::{self, Rope};
 
 /// What the training loop and the sampler need from a decoder; a new family implements this.
 pub trait CausalLm {
     /// Logits `(batch, len, vocab)` in f32 for `input_ids` `(batch, len)`, continuing `cache` when given.
     fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor>;
+
+    /// The logits of the last position only, `(batch, vocab)` in f32: what generation needs, without the
+    /// `(batch, len, vocab)` tensor a long prompt would otherwise cost. The default narrows [`Self::forward`].
+    fn forward_last(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let logits = self.forward(input_ids, cache)?;
+        let len = logits.dim(1)?;
+        logits.narrow(1, len - 1, 1)?.squeeze(1)
+    }
 }
 
 impl CausalLm for llama::Model {
     fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         llama::Model::forward(self, input_ids, cache)
+    }
+    fn forward_last(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        llama::Model::forward_last(self, input_ids, cache)
     }
 }
 
@@ -28,13 +40,22 @@ impl CausalLm for gemma2::Model {
     fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         gemma2::Model::forward(self, input_ids, cache)
     }
+    fn forward_last(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        gemma2::Model::forward_last(self, input_ids, cache)
+    }
 }
 
-/// Per-layer keys and values of the sequence so far (after RoPE, before the GQA repeat), for generation.
+/// Per-layer keys and values of the sequences so far (after RoPE, before the GQA repeat), for generation.
+///
+/// A batch of prompts of different lengths is left-padded to a common length
+/// ([`KvCache::with_left_padding`]): the decoders then give each row its own positions (from 0 at its first
+/// real token) and mask the padding out, so that each row computes what it would alone.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
+    /// Padding positions at the start of each row; empty when the batch is not padded.
+    pads: Vec<usize>,
 }
 
 impl KvCache {
@@ -43,7 +64,12 @@ impl KvCache {
         Self::default()
     }
 
-    /// Positions cached so far: the position of the next token.
+    /// An empty cache for a batch whose row `r` starts with `pads[r]` padding tokens (any id: they are masked).
+    pub fn with_left_padding(pads: Vec<usize>) -> Self {
+        Self { pads, ..Self::default() }
+    }
+
+    /// Positions cached so far, padding included: the index of the next token.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -53,10 +79,46 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Forgets everything (start a new sequence).
+    /// The padding of each row, when some row has any (an unpadded batch takes the plain path, unchanged).
+    pub fn padding(&self) -> Option<&[usize]> {
+        self.pads.iter().any(|p| *p > 0).then_some(self.pads.as_slice())
+    }
+
+    /// Forgets everything (start a new sequence), padding included.
     pub fn clear(&mut self) {
         self.layers.clear();
         self.len = 0;
+        self.pads.clear();
+    }
+
+    /// Keeps only the batch rows `rows` (ascending indices), in that order: finished sequences leave the batch
+    /// so that they cost nothing more. Padding that every remaining row has is dropped too.
+    pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
+        if let Some(bad) = rows.iter().find(|r| !self.pads.is_empty() && **r >= self.pads.len()) {
+            candle_core::bail!("row {bad} is not in the cache's batch of {}", self.pads.len());
+        }
+        let Some(device) = self.layers.iter().flatten().next().map(|(k, _)| k.device().clone()) else {
+            self.pads = rows.iter().filter_map(|r| self.pads.get(*r).copied()).collect();
+            return Ok(());
+        };
+        let index = Tensor::from_vec(rows.iter().map(|r| *r as u32).collect::<Vec<_>>(), rows.len(), &device)?;
+        if !self.pads.is_empty() {
+            self.pads = rows.iter().map(|r| self.pads[*r]).collect();
+        }
+        let common = self.pads.iter().copied().min().unwrap_or(0);
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let (mut k2, mut v2) = (k.index_select(&index, 0)?, v.index_select(&index, 0)?);
+            if common > 0 {
+                let keep = self.len - common;
+                (k2, v2) = (k2.narrow(2, common, keep)?, v2.narrow(2, common, keep)?);
+            }
+            (*k, *v) = (k2, v2);
+        }
+        if common > 0 {
+            self.len -= common;
+            self.pads.iter_mut().for_each(|p| *p -= common);
+        }
+        Ok(())
     }
 
     pub(crate) fn ensure_layers(&mut self, n: usize) {
@@ -71,6 +133,46 @@ impl KvCache {
 
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
+    }
+}
+
+/// What a forward pass over `len` new tokens of a `batch` needs to know about where they sit: the RoPE tables
+/// and a mask per window, from the cache's length and padding.
+pub(crate) struct Step {
+    offset: usize,
+    len: usize,
+    pads: Option<Vec<usize>>,
+}
+
+impl Step {
+    /// The step for `input_ids` `(batch, len)` continuing `cache`; fails when the cache's padding is for
+    /// another batch size.
+    pub(crate) fn new(input_ids: &Tensor, cache: Option<&KvCache>) -> Result<Self> {
+        let (batch, len) = input_ids.dims2()?;
+        let offset = cache.map_or(0, KvCache::len);
+        let pads = cache.and_then(KvCache::padding).map(<[usize]>::to_vec);
+        if let Some(p) = &pads
+            && p.len() != batch
+        {
+            candle_core::bail!("the KV cache is padded for {} rows, the input has {batch}", p.len());
+        }
+        Ok(Self { offset, len, pads })
+    }
+
+    /// `(cos, sin)` for these positions.
+    pub(crate) fn rope(&self, rope: &Rope, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+        match &self.pads {
+            None => rope.cos_sin(self.offset, self.len, dtype, device),
+            Some(p) => rope.cos_sin_padded(self.offset, self.len, p, dtype, device),
+        }
+    }
+
+    /// The additive attention mask, with a sliding `window` when given.
+    pub(crate) fn mask(&self, window: Option<usize>, device: &Device) -> Result<Tensor> {
+        match &self.pads {
+            None => nn::attention_mask(self.len, self.offset, window, device),
+            Some(p) => nn::padded_attention_mask(self.len, self.offset, p, window, device),
+        }
     }
 }
 
@@ -178,6 +280,12 @@ impl CausalLm for Decoder {
         match self {
             Self::Llama(m) => m.forward(input_ids, cache),
             Self::Gemma2(m) => m.forward(input_ids, cache),
+        }
+    }
+    fn forward_last(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        match self {
+            Self::Llama(m) => m.forward_last(input_ids, cache),
+            Self::Gemma2(m) => m.forward_last(input_ids, cache),
         }
     }
 }

@@ -350,3 +350,67 @@ pub(crate) fn read_jsonl(path: &Path) -> Result<Vec<Row>, Error> {
     }
     Ok(rows)
 }
+
+/// A model's own chat template, with the special-token texts it may insert.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TemplateSource {
+    /// The Jinja source; `None` when the model has no template.
+    pub source: Option<String>,
+    /// `bos_token` of the tokenizer config ("" when none).
+    pub bos_token: String,
+    /// `eos_token` of the tokenizer config ("" when none).
+    pub eos_token: String,
+}
+
+/// The chat template of the model `input` (a model directory or a GGUF file): `chat_template` of
+/// `tokenizer_config.json` (a string, or the entry named `default` of a list), else `chat_template.jinja` beside
+/// it, else `tokenizer.chat_template` of a GGUF file's metadata; and the bos/eos texts of the tokenizer config.
+pub(crate) fn chat_template(input: &Path) -> Result<TemplateSource, Error> {
+    let (config, shown) = if is_gguf(input) {
+        match Gguf::open(input)?.hf_tokenizer_config()? {
+            Value::Object(m) => (Some(m), input.to_owned()),
+            _ => (None, input.to_owned()),
+        }
+    } else {
+        let path = input.join("tokenizer_config.json");
+        (read_object(&path)?, path)
+    };
+    let config = config.unwrap_or_default();
+    let source = match config.get("chat_template") {
+        Some(Value::String(s)) => Some(s.clone()),
+        // Several named templates: transformers uses the one named `default`.
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    Error::Failed(format!(
+                        "`{}`: field `chat_template` lists templates but none named `default` with a string `template`",
+                        shown.display()
+                    ))
+                })?,
+        ),
+        None | Some(Value::Null) => {
+            let beside = input.join("chat_template.jinja");
+            if input.is_dir() && beside.is_file() {
+                Some(
+                    std::fs::read_to_string(&beside)
+                        .map_err(|e| Error::Failed(format!("cannot read `{}`: {e}", beside.display())))?,
+                )
+            } else {
+                None
+            }
+        }
+        Some(_) => {
+            return Err(Error::Failed(format!("`{}`: field `chat_template` is not a string", shown.display())));
+        }
+    };
+    Ok(TemplateSource {
+        source,
+        bos_token: token_text(config.get("bos_token")).unwrap_or_default(),
+        eos_token: token_text(config.get("eos_token")).unwrap_or_default(),
+    })
+}

@@ -12,17 +12,22 @@
 //!   `tokenizer` input accepts.
 //! - `merge`: a `train` adapter merged into its base model's weights. Writes `model/` (HF layout), which `sample`
 //!   and `train` take as a plain model.
+//! - `generate`: one completion (chat messages or a raw prompt) on a live instance, for `rto serve`; the model
+//!   stays loaded between invokes ([`live`]) and the returned JSON is the response ([`op_generate`]).
 //!
 //! Params are documented on the parsing code ([`params`]); every op runs on the CPU unless the crate is built
 //! with the `cuda` feature and the stage reserved a GPU.
 
 mod files;
+mod live;
+mod op_generate;
 mod op_init;
 mod op_merge;
 mod op_sample;
 mod op_tokenizer;
 mod op_train;
 mod params;
+mod pieces;
 
 use api::protocol::OpInfo;
 use api::{Backend, Error, Kind, OpContext};
@@ -31,9 +36,20 @@ use serde_json::Value;
 
 use params::Op;
 
-/// The candle-lm back-end. Stateless: every op loads what it needs from its inputs, so that the worker process
-/// that runs it can free everything (GPU memory included) when it ends.
-pub struct CandleLm;
+/// The candle-lm back-end. Every op but `generate` loads what it needs from its inputs and keeps nothing, so that
+/// the worker process that runs it can free everything (GPU memory included) when it ends; `generate` keeps its
+/// models loaded for the instance's next invokes (a few at most, see [`live`]).
+#[derive(Default)]
+pub struct CandleLm {
+    live: live::Models,
+}
+
+impl CandleLm {
+    /// How many models `generate` has loaded over this instance's life (a model reused from memory counts once).
+    pub fn models_loaded(&self) -> usize {
+        self.live.loads()
+    }
+}
 
 impl Backend for CandleLm {
     const NAME: &'static str = "candle-lm";
@@ -56,7 +72,7 @@ impl Backend for CandleLm {
             },
             OpInfo {
                 name: "sample".into(),
-                summary: "one response per prompt of a prompts.jsonl (greedy or top-p), optionally with an adapter"
+                summary: "one response per prompt of a prompts.jsonl (greedy, or sampled with top-k/top-p), batched"
                     .into(),
                 env_facts: facts(),
             },
@@ -70,14 +86,19 @@ impl Backend for CandleLm {
                 summary: "a LoRA adapter merged into its base model's weights, written as an HF model directory".into(),
                 env_facts: facts(),
             },
+            OpInfo {
+                name: "generate".into(),
+                summary: "one completion on a live instance (rto serve)".into(),
+                env_facts: facts(),
+            },
         ]
     }
 
     fn create(config: &Value) -> Result<Self, Error> {
         // No plugin config yet; refusing one catches a config meant for another plugin.
         match config {
-            Value::Null => Ok(CandleLm),
-            Value::Object(m) if m.is_empty() => Ok(CandleLm),
+            Value::Null => Ok(CandleLm::default()),
+            Value::Object(m) if m.is_empty() => Ok(CandleLm::default()),
             _ => Err(Error::Failed("candle-lm takes no plugin config; its settings are per-op params".into())),
         }
     }
@@ -125,6 +146,7 @@ impl Backend for CandleLm {
             Op::Sample(p) => op_sample::run(&p, ctx),
             Op::Tokenizer(p) => op_tokenizer::run(&p, ctx),
             Op::Merge(p) => op_merge::run(&p, ctx),
+            Op::Generate(p) => op_generate::run(&p, ctx, &mut self.live),
         }
     }
 }

@@ -9,6 +9,10 @@
 //! tokenizer's bos when it has one, as in training. Generation ends at an eos (`finish = "stop"`; the eos is
 //! counted in `tokens` but not part of `response`), at a stop string (`"stop"`; the response is cut before it)
 //! or after `max_new_tokens` (`"length"`).
+//!
+//! Prompts are generated `batch_size` at a time, grouped by token length (longest first, so that a batch too
+//! large for memory fails at once) to waste little on padding; each prompt gets the response it would get alone
+//! (see [`crate::sample`]), and the output keeps the input order.
 
 use std::io::Write;
 
@@ -19,7 +23,7 @@ use serde_json::{Map, Value, json};
 use super::files;
 use super::params::SampleParams;
 use crate::load::LoadOptions;
-use crate::sample::{FinishReason, GenerateOptions, generate_with};
+use crate::sample::{FinishReason, GenerateOptions, Generation, generate_batch};
 
 #[derive(Serialize)]
 struct SampleLine<'a> {
@@ -81,17 +85,11 @@ pub(super) fn run(p: &SampleParams, ctx: &mut OpContext<'_>) -> Result<Value, Er
         sampling: p.sampling,
         seed: p.seed,
         stop_tokens: eos.clone(),
+        logprobs: None,
     };
 
-    let path = ctx.out_dir.join("samples.jsonl");
-    let file =
-        std::fs::File::create(&path).map_err(|e| Error::Failed(format!("cannot create `{}`: {e}", path.display())))?;
-    let mut out = std::io::BufWriter::new(file);
-    let (mut stopped, mut total_tokens) = (0usize, 0usize);
-    for (i, (row, prompt)) in prompts.iter().enumerate() {
-        if ctx.cancelled() {
-            return Err(Error::Cancelled);
-        }
+    let mut encoded: Vec<Vec<u32>> = Vec::with_capacity(prompts.len());
+    for (row, prompt) in &prompts {
         let id = &row["id"];
         let enc = tokenizer
             .encode(*prompt, false)
@@ -100,11 +98,23 @@ pub(super) fn run(p: &SampleParams, ctx: &mut OpContext<'_>) -> Result<Value, Er
         if ids.is_empty() {
             return Err(Error::Failed(format!("prompt {id} is empty and the tokenizer has no bos token")));
         }
+        encoded.push(ids);
+    }
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|i| (std::cmp::Reverse(encoded[*i].len()), *i));
+
+    let mut results: Vec<Option<Generation>> = vec![None; prompts.len()];
+    let mut done = 0;
+    for group in order.chunks(p.batch_size) {
+        if ctx.cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let batch: Vec<Vec<u32>> = group.iter().map(|i| encoded[*i].clone()).collect();
         let mut cancelled = false;
-        let generation = {
+        let generations = {
             let ctx = &*ctx;
-            let mut check = |tokens: &[u32]| {
-                if ctx.cancelled() {
+            let mut check = |_: usize, tokens: &[u32]| {
+                if cancelled || ctx.cancelled() {
                     cancelled = true;
                     return true;
                 }
@@ -112,11 +122,28 @@ pub(super) fn run(p: &SampleParams, ctx: &mut OpContext<'_>) -> Result<Value, Er
                 !p.stop.is_empty()
                     && tokenizer.decode(tokens, true).is_ok_and(|text| cut_at_stop(&text, &p.stop).is_some())
             };
-            generate_with(&loaded.decoder, &ids, &gen_opts, &device, &mut check)?
+            generate_batch(&loaded.decoder, &batch, &gen_opts, &device, &mut check)?
         };
         if cancelled {
             return Err(Error::Cancelled);
         }
+        for (i, g) in group.iter().zip(generations) {
+            results[*i] = Some(g);
+        }
+        done += group.len();
+        ctx.progress(done as u64, prompts.len() as u64);
+    }
+
+    let path = ctx.out_dir.join("samples.jsonl");
+    let file =
+        std::fs::File::create(&path).map_err(|e| Error::Failed(format!("cannot create `{}`: {e}", path.display())))?;
+    let mut out = std::io::BufWriter::new(file);
+    let (mut stopped, mut total_tokens) = (0usize, 0usize);
+    for ((row, prompt), generation) in prompts.iter().zip(results) {
+        let id = &row["id"];
+        let Some(generation) = generation else {
+            return Err(Error::Failed(format!("prompt {id} was not generated (a bug)")));
+        };
         let mut content = generation.tokens.as_slice();
         if let Some((last, rest)) = content.split_last()
             && eos.contains(last)
@@ -146,7 +173,6 @@ pub(super) fn run(p: &SampleParams, ctx: &mut OpContext<'_>) -> Result<Value, Er
         };
         serde_json::to_writer(&mut out, &line)?;
         out.write_all(b"\n")?;
-        ctx.progress(i as u64 + 1, prompts.len() as u64);
     }
     out.flush().map_err(|e| Error::Failed(format!("cannot write `{}`: {e}", path.display())))?;
     Ok(json!({

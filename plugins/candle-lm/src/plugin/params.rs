@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use api::Error;
 
+use crate::chat::{ChatTemplate, Message};
 use crate::lora::{ALL_LINEAR, LoraConfig};
 use crate::sample::Sampling;
 use crate::train::{Schedule, TrainConfig};
@@ -25,6 +26,8 @@ pub(crate) enum Op {
     Tokenizer(TokenizerParams),
     /// `merge`: an adapter merged into its base model's weights.
     Merge(MergeParams),
+    /// `generate`: one completion on a live instance.
+    Generate(GenerateParams),
 }
 
 impl Op {
@@ -36,8 +39,9 @@ impl Op {
             "sample" => SampleParams::parse(params).map(Op::Sample),
             "tokenizer" => TokenizerParams::parse(params).map(Op::Tokenizer),
             "merge" => MergeParams::parse(params).map(Op::Merge),
+            "generate" => GenerateParams::parse(params).map(Op::Generate),
             other => Err(Error::Failed(format!(
-                "candle-lm has no op `{other}`; its ops: `init`, `train`, `sample`, `tokenizer`, `merge`"
+                "candle-lm has no op `{other}`; its ops: `init`, `train`, `sample`, `tokenizer`, `merge`, `generate`"
             ))),
         }
     }
@@ -50,6 +54,7 @@ impl Op {
             Op::Train(_) => (&["data", "model"], &["adapter"]),
             Op::Sample(_) => (&["model", "prompts"], &["adapter"]),
             Op::Merge(_) => (&["adapter", "model"], &[]),
+            Op::Generate(_) => (&["model"], &["adapter"]),
         })
     }
 }
@@ -318,14 +323,17 @@ fn parse_lora(value: &Value) -> Result<LoraConfig, Error> {
     Ok(config)
 }
 
-const SAMPLE_KEYS: &[&str] = &["dtype", "limit", "max_new_tokens", "seed", "stop", "temperature", "top_p"];
+const SAMPLE_KEYS: &[&str] =
+    &["batch_size", "dtype", "limit", "max_new_tokens", "seed", "stop", "temperature", "top_k", "top_p"];
+/// `sample`'s default number of prompts generated together.
+pub(crate) const DEFAULT_BATCH_SIZE: usize = 8;
 
 /// `sample`'s params.
 #[derive(Debug)]
 pub(crate) struct SampleParams {
     /// At most this many new tokens per prompt.
     pub max_new_tokens: usize,
-    /// Greedy (temperature 0) or nucleus sampling.
+    /// Greedy (temperature 0) or sampling with top-k / top-p.
     pub sampling: Sampling,
     /// Seed of the sampling stream.
     pub seed: u64,
@@ -335,21 +343,14 @@ pub(crate) struct SampleParams {
     pub limit: Option<usize>,
     /// The dtype the model computes in.
     pub dtype: DType,
+    /// Prompts generated together (grouped by length).
+    pub batch_size: usize,
 }
 
 impl SampleParams {
     fn parse(params: &Value) -> Result<Self, Error> {
         let top = table(params, &[])?;
         check_keys(top, &[], SAMPLE_KEYS)?;
-        let temperature = opt(top, "temperature", &[], float)?.unwrap_or(0.0);
-        if !(temperature.is_finite() && temperature >= 0.0) {
-            return Err(Error::param(&["temperature"], "must be a non-negative number (0 is greedy)"));
-        }
-        let top_p = opt(top, "top_p", &[], float)?.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(Error::param(&["top_p"], format!("must be in (0, 1], got {top_p}")));
-        }
-        let sampling = if temperature == 0.0 { Sampling::Greedy } else { Sampling::TopP { temperature, top_p } };
         let stop = match top.get("stop") {
             None => Vec::new(),
             Some(v) => string_list(v, &["stop"])?,
@@ -357,15 +358,34 @@ impl SampleParams {
         if stop.iter().any(String::is_empty) {
             return Err(Error::param(&["stop"], "a stop string must not be empty"));
         }
+        let batch_size = opt(top, "batch_size", &[], usize_)?.unwrap_or(DEFAULT_BATCH_SIZE);
+        if batch_size == 0 {
+            return Err(Error::param(&["batch_size"], "`batch_size` must be at least 1"));
+        }
         Ok(Self {
             max_new_tokens: opt(top, "max_new_tokens", &[], usize_)?.unwrap_or(256),
-            sampling,
+            sampling: parse_sampling(top)?,
             seed: opt(top, "seed", &[], uint)?.unwrap_or(0),
             stop,
             limit: opt(top, "limit", &[], usize_)?,
             dtype: parse_dtype(top)?,
+            batch_size,
         })
     }
+}
+
+/// `temperature` (0, the default, is greedy), `top_k` (0, the default, keeps all) and `top_p` (default 1).
+fn parse_sampling(top: &Map<String, Value>) -> Result<Sampling, Error> {
+    let temperature = opt(top, "temperature", &[], float)?.unwrap_or(0.0);
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        return Err(Error::param(&["temperature"], "must be a non-negative number (0 is greedy)"));
+    }
+    let top_p = opt(top, "top_p", &[], float)?.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(Error::param(&["top_p"], format!("must be in (0, 1], got {top_p}")));
+    }
+    let top_k = opt(top, "top_k", &[], usize_)?.unwrap_or(0);
+    Ok(if temperature == 0.0 { Sampling::Greedy } else { Sampling::Random { temperature, top_k, top_p } })
 }
 
 const TOKENIZER_KEYS: &[&str] =
@@ -474,6 +494,165 @@ impl MergeParams {
         };
         Ok(Self { dtype })
     }
+}
+
+const GENERATE_KEYS: &[&str] = &[
+    "add_generation_prompt",
+    "chat_template",
+    "dtype",
+    "logprobs",
+    "max_tokens",
+    "messages",
+    "prompt",
+    "seed",
+    "stop",
+    "temperature",
+    "top_k",
+    "top_logprobs",
+    "top_p",
+];
+/// OpenAI's bound on `top_logprobs`.
+pub(crate) const MAX_TOP_LOGPROBS: usize = 20;
+
+/// What `generate` continues.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum GenerateInput {
+    /// A conversation, rendered with a chat template.
+    Messages {
+        /// The turns.
+        messages: Vec<Message>,
+        /// A Jinja source to use instead of the model's own template.
+        chat_template: Option<String>,
+        /// Whether the rendered prompt ends with the assistant's turn opened.
+        add_generation_prompt: bool,
+    },
+    /// Raw text, tokenized as is.
+    Prompt(String),
+}
+
+/// `generate`'s params: one request (OpenAI chat-completions names where they exist).
+#[derive(Debug)]
+pub(crate) struct GenerateParams {
+    /// The conversation or the raw prompt.
+    pub input: GenerateInput,
+    /// At most this many new tokens.
+    pub max_tokens: usize,
+    /// Greedy (temperature 0) or sampling with top-k / top-p.
+    pub sampling: Sampling,
+    /// Seed of the sampling stream.
+    pub seed: u64,
+    /// Strings that end the answer (cut before them).
+    pub stop: Vec<String>,
+    /// `Some(n)` with `logprobs = true`: log-probabilities with `n` alternatives per token.
+    pub logprobs: Option<usize>,
+    /// The dtype the model computes in (part of the live model's identity).
+    pub dtype: DType,
+}
+
+impl GenerateParams {
+    fn parse(params: &Value) -> Result<Self, Error> {
+        let top = table(params, &[])?;
+        check_keys(top, &[], GENERATE_KEYS)?;
+        let input = match (top.get("messages"), top.get("prompt")) {
+            (Some(m), None) => {
+                let chat_template = opt(top, "chat_template", &[], string)?.map(str::to_owned);
+                if let Some(source) = &chat_template {
+                    ChatTemplate::new(source, "", "")
+                        .map_err(|e| Error::param(&["chat_template"], format!("the template does not compile: {e}")))?;
+                }
+                GenerateInput::Messages {
+                    messages: parse_messages(m)?,
+                    chat_template,
+                    add_generation_prompt: opt(top, "add_generation_prompt", &[], boolean)?.unwrap_or(true),
+                }
+            }
+            (None, Some(p)) => {
+                for key in ["chat_template", "add_generation_prompt"] {
+                    if top.contains_key(key) {
+                        return Err(Error::param(
+                            &[key],
+                            format!("`{key}` applies to `messages`, not to a raw `prompt`"),
+                        ));
+                    }
+                }
+                GenerateInput::Prompt(string(p, &["prompt"])?.to_owned())
+            }
+            (Some(_), Some(_)) => {
+                return Err(Error::param(&["prompt"], "give `messages` or `prompt`, not both"));
+            }
+            (None, None) => {
+                return Err(Error::param(
+                    &["messages"],
+                    "`messages` (a list of {role, content}) or `prompt` (raw text) is required",
+                ));
+            }
+        };
+        let max_tokens = opt(top, "max_tokens", &[], usize_)?.unwrap_or(256);
+        if max_tokens == 0 {
+            return Err(Error::param(&["max_tokens"], "`max_tokens` must be at least 1"));
+        }
+        let stop = match top.get("stop") {
+            None => Vec::new(),
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(v) => string_list(v, &["stop"]).map_err(|_| {
+                Error::param(&["stop"], format!("expected a string or a list of strings, found {}", kind(v)))
+            })?,
+        };
+        if stop.iter().any(String::is_empty) {
+            return Err(Error::param(&["stop"], "a stop string must not be empty"));
+        }
+        let logprobs = opt(top, "logprobs", &[], boolean)?.unwrap_or(false);
+        let top_logprobs = opt(top, "top_logprobs", &[], usize_)?;
+        if let Some(n) = top_logprobs {
+            if n > MAX_TOP_LOGPROBS {
+                return Err(Error::param(&["top_logprobs"], format!("must be in 0..={MAX_TOP_LOGPROBS}, got {n}")));
+            }
+            if !logprobs {
+                return Err(Error::param(&["top_logprobs"], "`top_logprobs` needs `logprobs = true`"));
+            }
+        }
+        Ok(Self {
+            input,
+            max_tokens,
+            sampling: parse_sampling(top)?,
+            seed: opt(top, "seed", &[], uint)?.unwrap_or(0),
+            stop,
+            logprobs: logprobs.then(|| top_logprobs.unwrap_or(0)),
+            dtype: parse_dtype(top)?,
+        })
+    }
+}
+
+/// `[{role, content}, …]`, at least one turn, both fields strings, nothing else.
+fn parse_messages(value: &Value) -> Result<Vec<Message>, Error> {
+    let Value::Array(items) = value else {
+        return Err(Error::param(
+            &["messages"],
+            format!("expected a list of {{role, content}} tables, found {}", kind(value)),
+        ));
+    };
+    if items.is_empty() {
+        return Err(Error::param(&["messages"], "at least one message is required"));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let index = i.to_string();
+        let at = ["messages", index.as_str()];
+        let turn = table(item, &at)?;
+        if item.is_null() {
+            return Err(Error::param(&at, "expected a {role, content} table, found nothing"));
+        }
+        check_keys(turn, &at, &["content", "role"])?;
+        let field = |key: &str| -> Result<String, Error> {
+            let path = [at[0], at[1], key];
+            match turn.get(key) {
+                Some(v) => string(v, &path).map(str::to_owned),
+                None => Err(Error::param(&path, format!("`{key}` is required"))),
+            }
+        };
+        out.push(Message { role: field("role")?, content: field("content")? });
+    }
+    Ok(out)
 }
 
 fn parse_dtype(top: &Map<String, Value>) -> Result<DType, Error> {

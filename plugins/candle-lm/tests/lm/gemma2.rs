@@ -24,7 +24,7 @@ const QUERY_PRE_ATTN_SCALAR: usize = 24;
 
 /// A tiny Gemma-2 `config.json` as HF writes it (extra fields included): GQA 4/2, a head width that is not
 /// `hidden_size / heads`, a `query_pre_attn_scalar` that is not `head_dim`, and caps small enough to bite.
-fn tiny_config(layers: usize, window: usize) -> serde_json::Value {
+pub(crate) fn tiny_config(layers: usize, window: usize) -> serde_json::Value {
     serde_json::json!({
         "architectures": ["Gemma2ForCausalLM"],
         "model_type": "gemma2",
@@ -57,7 +57,7 @@ fn tiny_config(layers: usize, window: usize) -> serde_json::Value {
 }
 
 /// Random weights under HF names (tied head: no `lm_head.weight`); norms stored as `scale - 1`, around 0.
-fn random_weights(layers: usize, seed: u64) -> HashMap<String, Tensor> {
+pub(crate) fn random_weights(layers: usize, seed: u64) -> HashMap<String, Tensor> {
     let (v, h, i) = (61, 32, 48);
     let (q, kv) = (4 * HEAD_DIM, 2 * HEAD_DIM);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -14,7 +14,7 @@ use candle_lm::LoadError;
 use candle_lm::gguf::{Gguf, permute};
 use candle_lm::load::{LoadOptions, load_dir, load_gguf};
 use candle_lm::model::CausalLm;
-use candle_lm::sample::{FinishReason, GenerateOptions, Sampling, argmax, generate};
+use candle_lm::sample::{FinishReason, GenerateOptions, argmax, generate};
 
 use crate::support::{load, max_abs_diff, random_ids, tiny_model};
 
@@ -271,7 +271,7 @@ fn smollm2_answers_and_matches_quantized_llama() {
     let prompt = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
                   <|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     let ids = tok.encode(prompt, false).unwrap().get_ids().to_vec();
-    let opts = GenerateOptions { max_new_tokens: 24, sampling: Sampling::Greedy, seed: 0, stop_tokens: eos.clone() };
+    let opts = GenerateOptions { max_new_tokens: 24, stop_tokens: eos.clone(), ..GenerateOptions::default() };
     let t1 = Instant::now();
     let out = generate(&loaded.decoder, &ids, &opts, &Device::Cpu).unwrap();
     let gen_s = t1.elapsed().as_secs_f64();
@@ -365,7 +365,7 @@ fn invoke(
     std::fs::create_dir_all(&scratch).unwrap();
     let inputs = inputs.iter().map(|(k, p)| (k.to_string(), p.to_path_buf())).collect();
     let mut ctx = api::OpContext::new(op, &params, &inputs, &out, &scratch, &[], &Quiet);
-    let mut plugin = candle_lm::CandleLm;
+    let mut plugin = candle_lm::CandleLm::default();
     let summary = plugin.invoke(op, &mut ctx)?;
     Ok((summary, out))
 }

@@ -7,7 +7,14 @@ use serde_json::{Value, json};
 use crate::{Recorder, Work, tiny, write_prompts, write_tokenizer, write_train};
 
 /// Asserts a param error at `path` whose message contains `needle`.
-fn param_error(w: &Work, op: &str, params: Value, inputs: &[(&str, &std::path::Path)], path: &[&str], needle: &str) {
+pub(crate) fn param_error(
+    w: &Work,
+    op: &str,
+    params: Value,
+    inputs: &[(&str, &std::path::Path)],
+    path: &[&str],
+    needle: &str,
+) {
     let e = w.fail(op, params.clone(), inputs);
     assert_eq!(e.status, STATUS_BAD_INPUT, "{op} {params}: {e}");
     let want: Vec<String> = path.iter().map(|s| s.to_string()).collect();

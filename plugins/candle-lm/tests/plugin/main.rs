@@ -1,9 +1,10 @@
 //! candle-lm through its real descriptor and the host-side client, as rto calls it: `init` → `train` (`lm`,
 //! `lora`, `full`) → `sample` on a tiny model with a word-level tokenizer, param and input errors, bad files and
 //! cancellation; `merge` of an adapter into its base; the `tokenizer` op (a byte-level BPE) feeding `init` for
-//! llama and gemma2.
+//! llama and gemma2; `generate` on a live instance, and `sample`'s batching.
 
 mod errors;
+mod generate;
 mod merge;
 mod round_trip;
 mod tokenizer;

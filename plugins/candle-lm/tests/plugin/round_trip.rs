@@ -14,11 +14,11 @@ fn the_plugin_describes_itself() {
     assert_eq!(p.description.name, "candle-lm");
     assert_eq!(p.description.kind, "model");
     let ops: Vec<&str> = p.description.ops.iter().map(|o| o.name.as_str()).collect();
-    assert_eq!(ops, ["init", "train", "sample", "tokenizer", "merge"]);
+    assert_eq!(ops, ["init", "train", "sample", "tokenizer", "merge", "generate"]);
     let manifest =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../candle-lm-cdylib/rto-plugin.toml")).unwrap();
     assert!(
-        manifest.contains("ops = [\"init\", \"train\", \"sample\", \"tokenizer\", \"merge\"]"),
+        manifest.contains("ops = [\"init\", \"train\", \"sample\", \"tokenizer\", \"merge\", \"generate\"]"),
         "the manifest lists the ops: {manifest}"
     );
     assert!(manifest.contains(&format!("version = \"{}\"", p.description.version)), "{manifest}");
