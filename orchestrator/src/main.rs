@@ -5,7 +5,8 @@ use clap::Parser;
 /// First-party plugins linked into the binary (the `builtin-plugins` feature, on by default): they run
 /// through the same descriptor as a loaded library, so `cargo run` works with no extra build step.
 #[cfg(feature = "builtin-plugins")]
-const LINKED: &[orchestrator::plugin::LinkedPlugin] = &[judge_rules::descriptor, candle_lm::descriptor];
+const LINKED: &[orchestrator::plugin::LinkedPlugin] =
+    &[judge_rules::descriptor, judge_openai::descriptor, candle_lm::descriptor];
 #[cfg(not(feature = "builtin-plugins"))]
 const LINKED: &[orchestrator::plugin::LinkedPlugin] = &[];
 

@@ -6,6 +6,7 @@ mod concurrency;
 mod crash;
 mod errors;
 mod incremental;
+mod judge;
 mod keys;
 mod maintenance;
 mod plugins;

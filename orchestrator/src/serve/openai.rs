@@ -130,8 +130,11 @@ pub fn chat_request(body: &[u8]) -> Result<Parsed, ApiError> {
         Some(Value::String(t)) => params["chat_template"] = Value::String(t),
         Some(_) => return Err(ApiError::invalid("chat_template", "must be a string (a Jinja template)")),
     }
+    // `top_logprobs` only with `logprobs`: a `generate` op may refuse the one without the other.
     params["logprobs"] = Value::Bool(logprobs);
-    params["top_logprobs"] = json!(top_logprobs.unwrap_or(0));
+    if logprobs {
+        params["top_logprobs"] = json!(top_logprobs.unwrap_or(0));
+    }
     Ok(Parsed { model: req.model, params })
 }
 
@@ -162,7 +165,9 @@ pub fn completion_request(body: &[u8]) -> Result<Parsed, ApiError> {
     )?;
     params["prompt"] = Value::String(prompt);
     params["logprobs"] = Value::Bool(top.is_some());
-    params["top_logprobs"] = json!(top.unwrap_or(0));
+    if let Some(k) = top {
+        params["top_logprobs"] = json!(k);
+    }
     Ok(Parsed { model: req.model, params })
 }
 
@@ -380,6 +385,7 @@ mod tests {
         assert_eq!(p.params["seed"], 0);
         assert_eq!(p.params["max_tokens"], DEFAULT_MAX_TOKENS);
         assert_eq!(p.params["logprobs"], false);
+        assert!(p.params.get("top_logprobs").is_none());
         assert!(p.params.get("top_k").is_none());
     }
 
