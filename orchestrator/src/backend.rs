@@ -11,8 +11,13 @@ use crate::plugin::{Found, Registry, Source};
 use crate::study::{Stage, Study, StudyError, Uses, locate_param};
 
 /// Every built-in stage kind.
-pub fn builtins() -> [&'static dyn Builtin; 3] {
-    [&crate::builtin::command::Command, &crate::builtin::dataset::Dataset, &crate::builtin::synthetic::Synthetic]
+pub fn builtins() -> [&'static dyn Builtin; 4] {
+    [
+        &crate::builtin::command::Command,
+        &crate::builtin::dataset::Dataset,
+        &crate::builtin::report::Report,
+        &crate::builtin::synthetic::Synthetic,
+    ]
 }
 
 /// The code that runs a stage.

@@ -70,6 +70,10 @@ pub enum Command {
         /// Print every stage in the summary, cached ones too
         #[arg(long)]
         all: bool,
+        /// Where stages run: this machine, or Slurm jobs against a shared cache [default: the study's
+        /// `[executor] kind`, else local]
+        #[arg(long, value_enum)]
+        executor: Option<ExecutorChoice>,
     },
     /// Show each stage as cached, will run or blocked, and why
     Plan {
@@ -98,6 +102,16 @@ pub enum Command {
         study: PathBuf,
         /// The stage id
         stage: String,
+    },
+    /// Print the tables of the study's report stages from the cache (runs nothing)
+    Report {
+        /// The study file
+        study: PathBuf,
+        /// Only this report stage [default: every stage that uses `report`]
+        stage: Option<String>,
+        /// Print the cells as CSV (`--format json` prints `report.json`) [default: Markdown]
+        #[arg(long)]
+        csv: bool,
     },
     /// Re-hash every object; quarantine what is corrupt
     Verify,
@@ -138,6 +152,28 @@ pub enum Command {
         /// For testing clients: wait this many milliseconds before answering each completion request
         #[arg(long, default_value_t = 0, help_heading = "Testing clients")]
         delay_ms: u64,
+    },
+    /// Run one stage against the cache and write a receipt (what a Slurm job runs; not for people)
+    #[command(hide = true)]
+    RunStage {
+        /// The study file
+        #[arg(long)]
+        study: PathBuf,
+        /// The study text to load (the submitter's snapshot)
+        #[arg(long)]
+        text: PathBuf,
+        /// The stage id
+        #[arg(long)]
+        stage: String,
+        /// The submitting run's id
+        #[arg(long)]
+        run: String,
+        /// The key the submitter expects, if it knew it
+        #[arg(long)]
+        key: Option<String>,
+        /// Run even if cached
+        #[arg(long)]
+        force: bool,
     },
     /// Run one plugin op in this process (used by `rto run`; not for people)
     #[command(hide = true)]
@@ -224,14 +260,30 @@ impl From<cache::StoreError> for Failure {
 pub fn main(cli: Cli, linked: &[crate::plugin::LinkedPlugin]) -> ExitCode {
     let _ = LINKED.set(linked.to_vec());
     let result = match &cli.command {
-        Command::Run { study, only, force, jobs, keep_going, dry_run, gpus, all } => {
+        Command::Run { study, only, force, jobs, keep_going, dry_run, gpus, all, executor } => {
             let opts = (only, force, *jobs, *keep_going, *dry_run, gpus.clone(), *all);
-            run(&cli, study, opts)
+            run(&cli, study, opts, *executor)
+        }
+        Command::RunStage { study, text, stage, run, key, force } => {
+            let req = exec::slurm::job::StageRequest {
+                study: std::path::absolute(study).unwrap_or_else(|_| study.clone()),
+                text: text.clone(),
+                stage: stage.clone(),
+                run: run.clone(),
+                key: key.clone(),
+                force: *force,
+            };
+            let Some(cache) = &cli.cache else {
+                eprintln!("error: `run-stage` needs `--cache`");
+                return ExitCode::from(2);
+            };
+            return exec::slurm::job::main(&req, cache, &cli.plugin_dirs, linked_plugins());
         }
         Command::Plan { study } => plan(&cli, study),
         Command::Why { study, stage } => why(&cli, study, stage),
         Command::Path { study, stage, output } => path(&cli, study, stage, output.as_deref()),
         Command::Log { study, stage } => log(&cli, study, stage),
+        Command::Report { study, stage, csv } => report(&cli, study, stage.as_deref(), *csv),
         Command::Verify => verify(&cli),
         Command::Gc { studies, dry_run, grace } => gc(&cli, studies, *dry_run, *grace),
         Command::Serve { .. } => serve(&cli),
@@ -497,12 +549,26 @@ fn options(study: &Study, dry_run: bool) -> RunOptions {
 
 type RunArgs<'a> = (&'a Vec<String>, &'a Vec<String>, Option<usize>, bool, bool, Option<Vec<String>>, bool);
 
+/// `rto run --executor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorChoice {
+    /// Threads on this machine.
+    Local,
+    /// Slurm jobs (`sbatch`); the cache, the study's files and `rto` must be on a filesystem the nodes share.
+    Slurm,
+}
+
 fn run(
     cli: &Cli,
     path: &Path,
     (only, force, jobs, keep_going, dry_run, gpus, all): RunArgs<'_>,
+    executor: Option<ExecutorChoice>,
 ) -> Result<(), Failure> {
     let study = load(path)?;
+    let on_slurm = match executor {
+        Some(choice) => choice == ExecutorChoice::Slurm,
+        None => study.executor.kind == study::executor::ExecutorKind::Slurm,
+    };
     let mut opts = options(&study, dry_run);
     opts.only = check_ids(&study, only, "--only")?;
     opts.force = check_ids(&study, force, "--force")?;
@@ -529,7 +595,18 @@ fn run(
     }
     let cancel = Arc::new(AtomicBool::new(false));
     install_ctrlc(cancel.clone());
-    let summary = exec::execute(&planned, &store, &opts, cancel.clone())?;
+    let slurm = if on_slurm && !dry_run {
+        // Jobs plan the study again on their nodes: give them the input digests this run already computed.
+        index.save(&store)?;
+        let rto = std::env::current_exe().context("cannot find the rto binary for Slurm jobs")?;
+        Some(exec::slurm::Launch {
+            rto,
+            plugin_dirs: cli.plugin_dirs.iter().map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone())).collect(),
+        })
+    } else {
+        None
+    };
+    let summary = exec::execute_on(&planned, &store, &opts, cancel.clone(), slurm)?;
     if !dry_run {
         index.save(&store)?;
     }
@@ -540,7 +617,40 @@ fn run(
     if !summary.succeeded() {
         return Err(Failure::Stages);
     }
+    if cli.format == Format::Text && !dry_run {
+        print_run_reports(&study, &store, &summary);
+    }
     Ok(())
+}
+
+/// After a successful run, the tables of the study's report stages: what the run was for, without a second
+/// command. A report that cannot be read is mentioned, never fatal (the run itself succeeded).
+fn print_run_reports(study: &Study, store: &cache::Store, summary: &crate::summary::Summary) {
+    let report = crate::builtin::report::NAME;
+    for stage in study.stages.iter().filter(|s| s.uses == study::Uses::Builtin(report.into())) {
+        let Some(key) = summary.stages.iter().find(|s| s.id == stage.id).and_then(|s| s.key.as_deref()) else {
+            continue;
+        };
+        match cached_report(store, &stage.id, key) {
+            Ok(document) => print!("\n{}", document.markdown(false)),
+            Err(e) => eprintln!("warning: cannot show report `{}`: {e:#}", stage.id),
+        }
+    }
+}
+
+/// The `report.json` of report stage `id`, cached under `key`.
+fn cached_report(store: &cache::Store, id: &str, key: &str) -> anyhow::Result<crate::builtin::report::Document> {
+    use crate::builtin::report::{self as builtin_report, Document};
+    let record = store
+        .get_action(&key.parse().context("bad key")?)?
+        .ok_or_else(|| anyhow::anyhow!("stage `{id}` has no cached result"))?;
+    let artifact = record
+        .outputs
+        .get(builtin_report::JSON_OUTPUT)
+        .ok_or_else(|| anyhow::anyhow!("the cached result of stage `{id}` has no `{}`", builtin_report::JSON_OUTPUT))?;
+    let file = store.checkout(artifact)?;
+    let bytes = std::fs::read(&file).with_context(|| format!("cannot read `{}`", file.display()))?;
+    Document::from_json(&bytes).with_context(|| format!("stage `{id}`"))
 }
 
 /// Asks the plugins to check the params of their stages that may run, so that a bad param in a late stage is
@@ -757,6 +867,101 @@ fn log(cli: &Cli, path: &Path, id: &str) -> Result<(), Failure> {
     Err(Failure::Usage(format!(
         "stage `{id}` has not run in this cache yet (cached stages keep the log of the run that made them)"
     )))
+}
+
+/// `rto report`: renders the cached `report.json` of the study's report stages. A report that is not cached is
+/// an error naming the stages it still needs, rather than a run: printing a report never starts hours of work.
+fn report(cli: &Cli, path: &Path, stage: Option<&str>, csv: bool) -> Result<(), Failure> {
+    use crate::builtin::report as builtin_report;
+    let study = load(path)?;
+    let is_report = |s: &study::Stage| s.uses == study::Uses::Builtin(builtin_report::NAME.into());
+    let reports: Vec<usize> = match stage {
+        Some(id) => {
+            let i = stage_index(&study, id)?;
+            if !is_report(&study.stages[i]) {
+                return Err(Failure::Usage(format!(
+                    "stage `{id}` uses `{}`, not `report`: `rto report` prints report stages",
+                    study.stages[i].uses
+                )));
+            }
+            vec![i]
+        }
+        None => (0..study.stages.len()).filter(|&i| is_report(&study.stages[i])).collect(),
+    };
+    let ids: Vec<&str> = reports.iter().map(|&i| study.stages[i].id.as_str()).collect();
+    match ids.as_slice() {
+        [] => {
+            return Err(Failure::Usage(format!(
+                "study `{}` has no stage that uses `report` (studies/tiny.toml ends with one)",
+                study.name
+            )));
+        }
+        [_, _, ..] if csv || cli.format == Format::Json => {
+            return Err(Failure::Usage(format!(
+                "study `{}` has {} report stages ({}): name one for CSV or JSON, e.g. `rto report {} {}`",
+                study.name,
+                ids.len(),
+                ids.iter().map(|id| format!("`{id}`")).collect::<Vec<_>>().join(", "),
+                path.display(),
+                ids[0]
+            )));
+        }
+        _ => {}
+    }
+    let (store, summary, _tmp, _) = plan_summary(cli, &study)?;
+    let mut shown = Vec::new();
+    for &i in &reports {
+        let id = &study.stages[i].id;
+        let s = summary.stages.iter().find(|s| &s.id == id).expect("every stage is planned");
+        let cached_key = match (&s.status, &s.key) {
+            (Status::Cached, Some(key)) if store.get_action(&key.parse().context("bad key")?)?.is_some() => Some(key),
+            _ => None,
+        };
+        let Some(key) = cached_key else {
+            // What the report still waits for: itself and every stage it depends on that is not cached.
+            let mut needed = BTreeSet::from([i]);
+            let mut stack = vec![i];
+            while let Some(j) = stack.pop() {
+                for input in study.stages[j].inputs.values() {
+                    if let study::InputSource::Stage { stage, .. } = &input.source
+                        && let Some(k) = study.stages.iter().position(|s| &s.id == stage)
+                        && needed.insert(k)
+                    {
+                        stack.push(k);
+                    }
+                }
+            }
+            let missing: Vec<String> = summary
+                .stages
+                .iter()
+                .filter(|s| s.status != Status::Cached && needed.iter().any(|&k| study.stages[k].id == s.id))
+                .map(|s| format!("`{}` ({})", s.id, s.status.word()))
+                .collect();
+            let more = missing.len().saturating_sub(12);
+            let mut list = missing.into_iter().take(12).collect::<Vec<_>>().join(", ");
+            if more > 0 {
+                list.push_str(&format!(" and {more} more"));
+            }
+            return Err(Failure::Usage(format!(
+                "report stage `{id}` is not in the cache yet; not cached: {list}. Run `rto run {}` first",
+                path.display()
+            )));
+        };
+        shown.push(cached_report(&store, id, key)?);
+    }
+    for (n, document) in shown.iter().enumerate() {
+        if cli.format == Format::Json {
+            print!("{}", document.to_json());
+        } else if csv {
+            print!("{}", document.csv());
+        } else {
+            if n > 0 {
+                println!();
+            }
+            print!("{}", document.markdown(false));
+        }
+    }
+    Ok(())
 }
 
 fn verify(cli: &Cli) -> Result<(), Failure> {

@@ -234,7 +234,7 @@ fn an_input_edited_while_its_stage_runs_is_not_recorded() {
 }
 
 #[test]
-fn the_tiny_study_validates_and_expands_to_its_19_stages() {
+fn the_tiny_study_validates_and_expands_to_its_20_stages() {
     // Running it takes minutes (the README's first command); here it is planned: every stage, plugin op and
     // param is resolved and checked, with nothing run.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -248,29 +248,58 @@ fn the_tiny_study_validates_and_expands_to_its_19_stages() {
     )
     .expect_code(0);
     let st = out.statuses();
-    assert_eq!(st.len(), 19, "{st:?}");
+    assert_eq!(st.len(), 20, "{st:?}");
     assert_eq!(st["data"], "will-run");
     assert_eq!(st["rt-vs-it"], "blocked");
 }
 
 #[test]
-fn the_paper_study_plans_its_24_trainings_without_touching_the_network() {
-    // Remote inputs (hf://) are never fetched by `plan`: stages that need them will run, their keys unknown.
+fn the_paper_study_plans_its_24_trainings_12_judgings_and_report_without_touching_the_network() {
+    let out = plan_shipped("studies/paper.toml");
+    let st = out.statuses();
+    assert_eq!(st.len(), 86, "1 eval set + 24 datasets + 24 trainings + 24 samplings + 12 judges + 1 report");
+    assert_eq!(st.keys().filter(|id| id.starts_with("tune-")).count(), 24);
+    assert_eq!(st.keys().filter(|id| id.starts_with("judge-")).count(), 12);
+    assert_eq!(st["report"], "blocked");
+    assert_eq!(st["sft-gemma2-9b-lima-rt"], "will-run");
+    assert!(out.stdout.contains("input-not-fetched"), "{}", out.stdout);
+}
+
+/// `rto plan` of a study shipped in `studies/`, offline: remote inputs (hf://, URLs) are never fetched by
+/// `plan`; stages that need them will run, their keys unknown.
+fn plan_shipped(study: &str) -> crate::support::Outcome {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let out = crate::support::outcome(
+    crate::support::outcome(
         std::process::Command::new(crate::support::rto())
-            .args(["--cache", tmp.path().to_str().unwrap(), "--format", "json", "plan", "studies/paper.toml"])
+            .args(["--cache", tmp.path().to_str().unwrap(), "--format", "json", "plan", study])
             .current_dir(root)
             .env("HF_HUB_OFFLINE", "1")
             .env("HF_HOME", tmp.path().join("hf"))
             .output()
             .unwrap(),
     )
-    .expect_code(0);
+    .expect_code(0)
+}
+
+#[test]
+fn the_paper_refusal_study_plans_its_mixture_sweep() {
+    let st = plan_shipped("studies/paper-refusal.toml").statuses();
+    let count = |prefix: &str| st.keys().filter(|id| id.starts_with(prefix)).count();
+    // 2 models × 3 datasets × {0, 100, 200, 500} refusals × {RT, IT}, sampled and judged on 6 prompt sets.
+    assert_eq!(count("tune-"), 48);
+    assert_eq!(count("answers-"), 288);
+    assert_eq!(count("refusal-"), 288);
+    assert_eq!(count("prompts-"), 6);
+    assert_eq!(st["report"], "blocked");
+    assert_eq!(st["sft-llama31-8b-lima-r0-it"], "will-run");
+}
+
+#[test]
+fn the_smollm2_study_plans_from_its_pinned_wheel() {
+    let out = plan_shipped("studies/smollm2.toml");
     let st = out.statuses();
-    assert_eq!(st.len(), 73, "1 eval set + 24 datasets + 24 trainings + 24 samplings");
-    assert_eq!(st.keys().filter(|id| id.starts_with("tune-")).count(), 24);
-    assert_eq!(st["sft-gemma2-9b-lima-rt"], "will-run");
+    assert_eq!(st["wheel"], "will-run");
+    assert_eq!(st.keys().filter(|id| id.starts_with("tune-")).count(), 2);
     assert!(out.stdout.contains("input-not-fetched"), "{}", out.stdout);
 }

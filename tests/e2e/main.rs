@@ -11,6 +11,8 @@ mod keys;
 mod maintenance;
 mod plugins;
 mod remote;
+mod report;
 mod resources;
 mod serve;
+mod slurm;
 mod support;

@@ -10,6 +10,7 @@
 
 pub mod command;
 pub mod dataset;
+pub mod report;
 pub mod synthetic;
 
 use std::collections::BTreeMap;

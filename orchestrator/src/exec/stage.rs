@@ -62,6 +62,8 @@ pub enum Event {
     Progress(usize, u64, u64),
     /// The stage waits for another process that holds its key's lock.
     Waiting(usize, String),
+    /// News from the executor for people, e.g. a Slurm job started on a node.
+    Status(usize, String),
     /// The stage finished (or was found done by another process).
     Finished(usize, Box<Outcome>),
 }

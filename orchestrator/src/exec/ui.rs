@@ -36,9 +36,12 @@ impl Ui {
         }
     }
 
-    /// A stage started.
-    pub fn start(&mut self, i: usize, id: &str, uses: &str) {
-        self.line(&format!("{:>12} {id} ({uses})", "Running"));
+    /// A stage started; `on` says where, for stages handed to a cluster (`job 4211 after a`).
+    pub fn start(&mut self, i: usize, id: &str, uses: &str, on: Option<&str>) {
+        match on {
+            None => self.line(&format!("{:>12} {id} ({uses})", "Running")),
+            Some(on) => self.line(&format!("{:>12} {id} ({uses}) as {on}", "Submitted")),
+        }
         if self.tty {
             let bar = self.multi.add(ProgressBar::new_spinner());
             bar.set_style(
@@ -58,15 +61,31 @@ impl Ui {
         }
     }
 
-    /// A stage finished.
-    pub fn finish(&mut self, i: usize, id: &str, status: Status, duration_ms: Option<u64>) {
+    /// News about a running stage from its executor: a line, and the bar's message.
+    pub fn status(&mut self, i: usize, id: &str, text: &str) {
+        if let Some(bar) = self.bars.get(&i) {
+            bar.set_message(text.to_string());
+        }
+        self.line(&format!("{:>12} {id}: {text}", "Slurm"));
+    }
+
+    /// A stage finished; `on` says where it ran, if not here.
+    pub fn finish(&mut self, i: usize, id: &str, status: Status, duration_ms: Option<u64>, on: Option<&str>) {
         if let Some(bar) = self.bars.remove(&i) {
             bar.finish_and_clear();
         }
-        let word = if status == Status::Ran { "Finished" } else { "Cached" };
-        let time =
-            duration_ms.map(|ms| format!(" in {}", format_ms(ms))).unwrap_or_else(|| " (done by another run)".into());
-        self.line(&format!("{word:>12} {id}{time}"));
+        let word = match status {
+            Status::Ran => "Finished",
+            Status::CutOff => "Cut off",
+            _ => "Cached",
+        };
+        let time = match (duration_ms, status) {
+            (Some(ms), _) => format!(" in {}", format_ms(ms)),
+            (None, Status::CutOff) => " (its inputs did not change)".into(),
+            (None, _) => " (done by another run)".into(),
+        };
+        let on = on.map(|o| format!(" ({o})")).unwrap_or_default();
+        self.line(&format!("{word:>12} {id}{time}{on}"));
     }
 
     /// A stage failed: the error and its log's tail.

@@ -8,6 +8,23 @@ use std::collections::BTreeMap;
 
 /// Replaces each `{name}` in `text`; returns the name of the first unknown variable on failure.
 pub fn interpolate(text: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    substitute(text, |name| vars.get(name).cloned())
+}
+
+/// The variable names `text` mentions as `{name}`, in order of appearance (repeats kept), by the same rules as
+/// [`interpolate`].
+pub fn placeholders(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = substitute(text, |name| {
+        names.push(name.to_string());
+        Some(String::new())
+    });
+    names
+}
+
+/// The one scanner behind [`interpolate`] and [`placeholders`], so the two cannot disagree about what a
+/// placeholder is.
+fn substitute(text: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
@@ -25,8 +42,8 @@ pub fn interpolate(text: &str, vars: &BTreeMap<String, String>) -> Result<String
             && is_var_name(&text[i + 1..i + 1 + len])
         {
             let name = &text[i + 1..i + 1 + len];
-            match vars.get(name) {
-                Some(v) => out.push_str(v),
+            match lookup(name) {
+                Some(v) => out.push_str(&v),
                 None => return Err(name.to_string()),
             }
             i += len + 2;
@@ -67,5 +84,12 @@ mod tests {
         check("{ base }", Ok("{ base }"));
         check("unclosed {base", Ok("unclosed {base"));
         check("ünïcödé {mode}", Ok("ünïcödé rt"));
+    }
+
+    #[test]
+    fn placeholders_follow_the_same_rules() {
+        assert_eq!(placeholders("win-{model}-{data}-{model}"), ["model", "data", "model"]);
+        assert_eq!(placeholders("{{ row }} ${HOME} { x } {missing"), Vec::<String>::new());
+        assert_eq!(placeholders("{% if a %}{b}{% endif %}"), ["b"]);
     }
 }

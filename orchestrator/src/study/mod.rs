@@ -1,12 +1,15 @@
 //! Studies: loading a TOML file into validated, expanded stages.
 //!
 //! Two steps, as with every input rto reads: [`raw`] mirrors the file with spans; [`load`] validates it,
-//! expands `foreach` matrices, interpolates `{var}` in ids, inputs and params, resolves each input to a stage
+//! expands `foreach` matrices (one stage per combination) and `gather` matrices ([`gather`]: one input per
+//! combination), interpolates `{var}` in ids, inputs and params, resolves each input to a stage
 //! output or a path, and returns a [`Study`]. Every error is a [`StudyError`] naming file, line and column.
 //! Loading never touches the cache.
 
 mod canonical;
 pub mod diagnostic;
+pub mod executor;
+mod gather;
 pub mod interpolate;
 mod raw;
 
@@ -33,6 +36,8 @@ pub struct Study {
     pub description: Option<String>,
     /// `[plugins] dirs`, absolute.
     pub plugin_dirs: Vec<PathBuf>,
+    /// `[executor]`: where stages run and the study's Slurm settings (not part of any key).
+    pub executor: executor::StudyExecutor,
     /// The study file, absolute.
     pub path: PathBuf,
     /// The directory relative paths in the study are resolved against.
@@ -56,6 +61,8 @@ pub struct Stage {
     pub inputs: BTreeMap<String, Input>,
     /// What the scheduler reserves for it.
     pub resources: Resources,
+    /// `executor`: stay local, or Slurm overrides (not part of the key).
+    pub executor: executor::StageExecutor,
     /// One line for people.
     pub description: Option<String>,
     /// Where it came from in the study file.
@@ -80,7 +87,7 @@ pub struct Origin {
 /// What a stage `uses`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Uses {
-    /// A built-in stage kind (`command`, `dataset`, `synthetic`).
+    /// A built-in stage kind (`command`, `dataset`, `report`, `synthetic`).
     Builtin(String),
     /// An op of a plugin: `plugin:op`.
     Plugin {
@@ -260,7 +267,8 @@ pub fn load(path: &Path, text: String) -> Result<Study, StudyError> {
     }
     let description = raw.study.as_ref().and_then(|m| m.get_ref().description.clone());
     let plugin_dirs = raw.plugins.as_ref().map(|p| p.dirs.iter().map(|d| dir.join(d)).collect()).unwrap_or_default();
-    Ok(Study { name, description, plugin_dirs, path: path.to_path_buf(), dir, source, stages })
+    let executor = executor::study_executor(&source, raw.executor.as_ref())?;
+    Ok(Study { name, description, plugin_dirs, executor, path: path.to_path_buf(), dir, source, stages })
 }
 
 fn expand_stage(
@@ -307,6 +315,9 @@ fn expand_stage(
 
     let uses = parse_uses(raw.uses.get_ref()).map_err(|m| StudyError::at(source, raw.uses.span(), m, "here"))?;
     let resources = resources(source, raw.resources.as_ref())?;
+    let stage_executor = executor::stage_executor(source, raw.executor.as_ref())?;
+    let gather = gather::Gather::parse(source, raw.gather.as_ref(), raw.foreach.as_ref())?;
+    gather.check_used(source, raw.inputs.keys())?;
     for vars in combos {
         let id =
             interpolate(raw.id.get_ref(), &vars).map_err(|name| unknown_var(source, raw.id.span(), &name, &vars))?;
@@ -328,32 +339,36 @@ fn expand_stage(
             })?,
         };
         let mut inputs = BTreeMap::new();
-        for (name, reference) in &raw.inputs {
-            if !interpolate::is_var_name(name) {
-                return Err(StudyError::at(
-                    source,
-                    reference.span(),
-                    format!("input name `{name}` is not valid"),
-                    "here",
-                )
-                .with_help("use letters, digits, `_` and `-`"));
-            }
+        for (written, reference) in &raw.inputs {
             let (text, pin) = match reference.get_ref() {
                 raw::RawInput::Ref(text) => (text.as_str(), None),
                 raw::RawInput::Url(u) => (u.url.as_str(), Some(u.sha256.as_str())),
             };
-            let text = interpolate(text, &vars).map_err(|var| unknown_var(source, reference.span(), &var, &vars))?;
-            if text.is_empty() {
-                return Err(StudyError::at(source, reference.span(), format!("input `{name}` is empty"), "here"));
+            // One input, or one per combination of the `gather` variables its name mentions.
+            for (name, vars) in gather.expand(source, written, text, reference.span(), &vars)? {
+                if inputs.contains_key(&name) {
+                    return Err(StudyError::at(
+                        source,
+                        reference.span(),
+                        format!("input `{name}` is given twice (after `gather` expansion)"),
+                        "here",
+                    )
+                    .with_help("input names must be unique within a stage"));
+                }
+                let text =
+                    interpolate(text, &vars).map_err(|var| unknown_var(source, reference.span(), &var, &vars))?;
+                if text.is_empty() {
+                    return Err(StudyError::at(source, reference.span(), format!("input `{name}` is empty"), "here"));
+                }
+                let source = if text.contains("://") || pin.is_some() {
+                    let remote = crate::remote::Remote::parse(&text, pin)
+                        .map_err(|m| StudyError::at(source, reference.span(), m, "this input"))?;
+                    InputSource::Remote(remote)
+                } else {
+                    InputSource::Path(PathBuf::from(text))
+                };
+                inputs.insert(name, Input { source, span: reference.span() });
             }
-            if text.contains("://") || pin.is_some() {
-                let remote = crate::remote::Remote::parse(&text, pin)
-                    .map_err(|m| StudyError::at(source, reference.span(), m, "this input"))?;
-                inputs.insert(name.clone(), Input { source: InputSource::Remote(remote), span: reference.span() });
-                continue;
-            }
-            inputs
-                .insert(name.clone(), Input { source: InputSource::Path(PathBuf::from(text)), span: reference.span() });
         }
         out.push(Stage {
             id,
@@ -361,6 +376,7 @@ fn expand_stage(
             params,
             inputs,
             resources,
+            executor: stage_executor.clone(),
             description: raw.description.clone(),
             origin: Origin {
                 table,
@@ -398,7 +414,7 @@ fn parse_uses(text: &str) -> Result<Uses, String> {
         None if valid(text) => Ok(Uses::Builtin(text.to_string())),
         Some((plugin, op)) if valid(plugin) && valid(op) => Ok(Uses::Plugin { plugin: plugin.into(), op: op.into() }),
         _ => Err(format!(
-            "`uses = \"{text}\"` is neither a built-in (`command`, `dataset`, `synthetic`) nor `plugin:op`"
+            "`uses = \"{text}\"` is neither a built-in (`command`, `dataset`, `report`, `synthetic`) nor `plugin:op`"
         )),
     }
 }

@@ -18,6 +18,8 @@ pub struct RawStudy {
     pub vars: BTreeMap<String, Spanned<toml::Value>>,
     /// `[plugins]`: where to look for plugins (besides `--plugin-dir`, `RTO_PLUGIN_PATH`, …).
     pub plugins: Option<RawPlugins>,
+    /// `[executor]`: where stages run (`local` or `slurm`) and the study's Slurm settings.
+    pub executor: Option<Spanned<RawExecutor>>,
     /// `[[stage]]` tables, in file order.
     #[serde(default)]
     pub stage: Vec<Spanned<RawStage>>,
@@ -54,6 +56,9 @@ pub struct RawStage {
     pub description: Option<String>,
     /// Matrix expansion: variable → list of values; one stage per combination.
     pub foreach: Option<Spanned<Matrix>>,
+    /// Input expansion: variable → list of values; an input name that mentions `{var}` of these becomes one
+    /// input per combination of the values of the variables it mentions (see `gather.rs`).
+    pub gather: Option<Spanned<Matrix>>,
     /// The back-end's parameters.
     pub params: Option<Spanned<toml::Table>>,
     /// Input name → `stage-id`, `stage-id.output`, a path relative to the study file, `hf://…`, or
@@ -62,6 +67,8 @@ pub struct RawStage {
     pub inputs: BTreeMap<String, Spanned<RawInput>>,
     /// What the scheduler must reserve.
     pub resources: Option<Spanned<RawResources>>,
+    /// `"local"` to run on the submitting machine under any executor, or a table of Slurm overrides.
+    pub executor: Option<Spanned<RawStageExecutor>>,
 }
 
 /// One input as written.
@@ -102,4 +109,32 @@ pub struct RawResources {
     pub memory: Option<Spanned<toml::Value>>,
     /// Wall-clock limit of a plugin op, e.g. `"2h"`, `"30min"`.
     pub timeout: Option<Spanned<String>>,
+}
+
+/// `[executor]`, and a stage's `executor = { … }` overrides. Not part of any key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExecutor {
+    /// `"local"` or `"slurm"`.
+    pub kind: Option<String>,
+    /// `sbatch --partition`.
+    pub partition: Option<String>,
+    /// `sbatch --account`.
+    pub account: Option<String>,
+    /// `sbatch --qos`.
+    pub qos: Option<String>,
+    /// `sbatch --time`, as a duration such as `"4h"` or `"90min"`.
+    pub time: Option<String>,
+    /// Further `sbatch` flags, e.g. `["--constraint=a100"]`.
+    pub sbatch_args: Option<Vec<String>>,
+}
+
+/// A stage's `executor`: a kind, or a table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "`\"local\"`, `\"slurm\"` or a table such as `{ partition = \"gpu\", time = \"4h\" }`")]
+pub enum RawStageExecutor {
+    /// `executor = "local"`.
+    Kind(String),
+    /// `executor = { … }`.
+    Table(RawExecutor),
 }
