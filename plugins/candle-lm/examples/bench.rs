@@ -4,22 +4,30 @@
 //! bench convert <file.gguf> <out_dir>                     an HF directory (f32 safetensors) both sides load
 //! bench train  <model_dir> <batch> <seq> <steps>          full fine-tuning steps (AdamW) on random tokens
 //! bench sample <model_dir> <batch> <prompt> <new>         batched greedy generation with the KV cache
+//! bench memory <layers> <hidden> <batch> <seq> <steps> <lora|full> <plain|checkpointed> <f32|bf16>
+//!                                                         `Trainer` steps on a random Llama (vocab 4096, head
+//!                                                         width 64, MLP 8/3 × hidden): gradient checkpointing's
+//!                                                         and bf16's effect on peak memory
 //! ```
 //!
 //! `train` and `sample` print one JSON line: `tokens_per_s` (trained tokens, or generated tokens with the prompt's
 //! prefill included in the time), `seconds` and `peak_rss_mib` (the process's high-water mark). One untimed
-//! warm-up step comes first.
+//! warm-up step comes first. `memory` prints `peak_rss_mib`, `loaded_rss_mib` (after building the model, before
+//! training) and `seconds_per_step`, with no warm-up: the peak is the point.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use candle_lm::data::masked_nll;
+use candle_lm::data::{Tokenized, masked_nll};
 use candle_lm::gguf::Gguf;
-use candle_lm::load::{LoadOptions, load_dir};
+use candle_lm::load::{LoadOptions, load_dir, load_tensors};
+use candle_lm::lora::{LoraConfig, LoraSet};
 use candle_lm::model::{CausalLm, ModelConfig};
 use candle_lm::optim::{AdamW, ParamsAdamW};
 use candle_lm::sample::{GenerateOptions, generate_batch};
+use candle_lm::train::{TrainConfig, Trainer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -35,8 +43,13 @@ fn main() -> Result<()> {
         Some("convert") if args.len() == 3 => convert(Path::new(&args[1]), Path::new(&args[2])),
         Some("train") if args.len() == 5 => train(Path::new(&args[1]), num(2)?, num(3)?, num(4)?),
         Some("sample") if args.len() == 5 => sample(Path::new(&args[1]), num(2)?, num(3)?, num(4)?),
+        Some("memory") if args.len() == 9 => {
+            let shape = (num(1)?, num(2)?, num(3)?, num(4)?, num(5)?);
+            memory(shape, &args[6] == "lora", &args[7] == "checkpointed", &args[8] == "bf16")
+        }
         _ => Err("usage: bench convert <gguf> <dir> | train <dir> <batch> <seq> <steps> | \
-                  sample <dir> <batch> <prompt> <new>"
+                  sample <dir> <batch> <prompt> <new> | \
+                  memory <layers> <hidden> <batch> <seq> <steps> <lora|full> <plain|checkpointed> <f32|bf16>"
             .into()),
     }
 }
@@ -100,16 +113,90 @@ fn sample(dir: &Path, batch: usize, prompt: usize, new: usize) -> Result<()> {
     report(generated as f64, t.elapsed().as_secs_f64())
 }
 
-fn report(tokens: f64, seconds: f64) -> Result<()> {
+/// A line of `/proc/self/status` (`VmHWM`, `VmRSS`) in MiB.
+fn status_mib(key: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(f64::NAN);
+    kib / 1024.0
+}
+
+fn report(tokens: f64, seconds: f64) -> Result<()> {
+    let peak = status_mib("VmHWM");
+    println!("{}", serde_json::json!({"tokens_per_s": tokens / seconds, "seconds": seconds, "peak_rss_mib": peak}));
+    Ok(())
+}
+
+/// `Trainer` steps on a random Llama built in memory, every example `seq` tokens long and every token a target.
+fn memory(
+    (layers, hidden, batch, seq, steps): (usize, usize, usize, usize, usize),
+    lora: bool,
+    checkpointing: bool,
+    bf16: bool,
+) -> Result<()> {
+    let heads = (hidden / 64).max(1);
+    let inter = hidden * 8 / 3;
+    let config = serde_json::json!({
+        "model_type": "llama", "vocab_size": 4096, "hidden_size": hidden, "intermediate_size": inter,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": heads,
+        "tie_word_embeddings": true, "rms_norm_eps": 1e-5,
+    });
+    let cfg = ModelConfig::parse(Path::new("config.json"), &config.to_string())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut tensors = HashMap::new();
+    let mut put = |name: String, shape: &[usize]| -> Result<()> {
+        let values: Vec<f32> = (0..shape.iter().product()).map(|_| rng.random_range(-0.05..0.05)).collect();
+        tensors.insert(name, Tensor::from_vec(values, shape, &Device::Cpu)?);
+        Ok(())
+    };
+    put("model.embed_tokens.weight".into(), &[4096, hidden])?;
+    put("model.norm.weight".into(), &[hidden])?;
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        put(format!("{p}.input_layernorm.weight"), &[hidden])?;
+        put(format!("{p}.post_attention_layernorm.weight"), &[hidden])?;
+        for name in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+            put(format!("{p}.self_attn.{name}.weight"), &[hidden, hidden])?;
+        }
+        put(format!("{p}.mlp.gate_proj.weight"), &[inter, hidden])?;
+        put(format!("{p}.mlp.up_proj.weight"), &[inter, hidden])?;
+        put(format!("{p}.mlp.down_proj.weight"), &[hidden, inter])?;
+    }
+    let set = LoraSet::new(LoraConfig { r: 16, alpha: 32.0, dropout: 0.1, target_modules: vec![] }, 0)?;
+    let dtype = if bf16 { DType::BF16 } else { DType::F32 };
+    let opts = LoadOptions { dtype, device: Device::Cpu, trainable: !lora };
+    let loaded = load_tensors(cfg, tensors, &opts, lora.then_some(&set))?;
+    let examples: Vec<Tokenized> = random_ids(batch * steps, seq, 4096, 4)
+        .into_iter()
+        .enumerate()
+        .map(|(i, ids)| Tokenized { id: i.to_string(), loss: (0..seq).map(|j| j > 0).collect(), ids })
+        .collect();
+    let params = if lora { set.vars() } else { &loaded.params };
+    let trainer = Trainer { model: &loaded.decoder, params, dropout: Some(set.dropout()), device: &Device::Cpu };
+    let train_cfg = TrainConfig {
+        micro_batch: batch,
+        grad_accum: 1,
+        max_steps: Some(steps),
+        max_len: seq,
+        gradient_checkpointing: checkpointing,
+        ..TrainConfig::default()
+    };
+    let loaded_rss = status_mib("VmRSS");
+    let metrics = std::env::temp_dir().join(format!("candle-lm-bench-{}.jsonl", std::process::id()));
+    let t = Instant::now();
+    let history = trainer.run(&examples, &train_cfg, &metrics, &mut |_, _| {}, &|| false);
+    let seconds = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&metrics);
+    let history = history?;
     println!(
         "{}",
-        serde_json::json!({"tokens_per_s": tokens / seconds, "seconds": seconds, "peak_rss_mib": kib / 1024.0})
+        serde_json::json!({
+            "peak_rss_mib": status_mib("VmHWM"), "loaded_rss_mib": loaded_rss,
+            "seconds_per_step": seconds / steps as f64, "loss": history.last().map(|m| m.loss),
+        })
     );
     Ok(())
 }

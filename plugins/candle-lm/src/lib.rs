@@ -5,13 +5,14 @@
 //!
 //! Module map: [`model`] (architectures, one file per family; [`model::CausalLm`] is what a new family
 //! implements), [`nn`] (the shared differentiable blocks), [`load`] (model directories), [`lora`] (adapters),
-//! [`data`] (segment examples → token batches), [`train`] (the loop), [`sample`] (generation, batched, with log
-//! probabilities), [`chat`] (chat templates), [`error`] (typed load errors), [`plugin`] (the rto plugin:
-//! [`CandleLm`] and its ops `init`, `train`, `sample`, `tokenizer`, `merge`, `generate`; [`descriptor`] is what rto
-//! links in).
+//! [`data`] (segment examples → token batches), [`train`] (the loop), [`backward`] (a micro-batch's gradients,
+//! plain or with gradient checkpointing), [`sample`] (generation, batched, with log probabilities), [`chat`]
+//! (chat templates), [`error`] (typed load errors), [`plugin`] (the rto plugin: [`CandleLm`] and its ops `init`,
+//! `train`, `sample`, `tokenizer`, `merge`, `generate`; [`descriptor`] is what rto links in).
 
 #![deny(missing_docs)]
 
+pub mod backward;
 pub mod chat;
 pub mod data;
 pub mod error;

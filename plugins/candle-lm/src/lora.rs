@@ -85,6 +85,17 @@ impl DropoutRng {
         *rng = seed.map(ChaCha8Rng::seed_from_u64);
     }
 
+    /// Where the stream stands (or that it is off), so that [`DropoutRng::restore`] can replay the same masks:
+    /// gradient checkpointing runs a layer's forward twice and both runs must drop the same units.
+    pub fn snapshot(&self) -> DropoutState {
+        DropoutState(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// Puts the stream back where [`DropoutRng::snapshot`] found it.
+    pub fn restore(&self, state: &DropoutState) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = state.0.clone();
+    }
+
     /// `x · mask / (1 - p)` with a fresh Bernoulli mask, or `x` itself when dropout is off.
     fn apply(&self, x: &Tensor, p: f64) -> Result<Tensor> {
         if p == 0.0 {
@@ -98,6 +109,10 @@ impl DropoutRng {
         x * mask
     }
 }
+
+/// A saved position of a [`DropoutRng`].
+#[derive(Debug, Clone)]
+pub struct DropoutState(Option<ChaCha8Rng>);
 
 /// The trainable adapters of one model: their config, their Vars (under PEFT names) and the dropout stream.
 pub struct LoraSet {

@@ -9,6 +9,11 @@
 //! "trains" without learning; so every trainable Var must have a gradient after each backward pass, or the step
 //! fails with [`TrainError::NoGradient`]. Its weight decay applies to every trainable tensor.
 //!
+//! Options: length-grouped batching ([`epoch_plan`]) and gradient checkpointing ([`crate::backward`]). Mixed
+//! precision needs nothing here: with a bf16 model the LoRA adapters stay f32 master weights (cast to bf16 in the
+//! forward, [`crate::lora::Linear`]), so gradients, their norm and the optimiser's moments are f32, and the loss
+//! is computed from logits upcast to f32 ([`crate::data::masked_nll`]).
+//!
 //! Each step appends one line to `metrics.jsonl`: `{"step", "epoch", "loss", "lr", "grad_norm",
 //! "tokens_per_s"}` (`grad_norm` before clipping).
 //!
@@ -35,7 +40,8 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Tokenized, make_batch, masked_nll};
+use crate::backward::loss_and_grads;
+use crate::data::{Tokenized, make_batch};
 use crate::lora::DropoutRng;
 use crate::model::CausalLm;
 use crate::optim::{AdamW, ParamsAdamW};
@@ -85,6 +91,15 @@ pub struct TrainConfig {
     /// Not part of what a checkpoint must match: a run may resume with another cadence.
     #[serde(default)]
     pub checkpoint_every: Option<usize>,
+    /// Sort each mega-batch of the shuffled order by length before cutting micro-batches, so that a micro-batch
+    /// holds examples of similar length and little padding (see [`epoch_plan`]). Off by default (HF's
+    /// `group_by_length`). Serialised only when on, so that checkpoints written before it existed still match.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub group_by_length: bool,
+    /// Recompute each decoder layer's activations in the backward pass instead of keeping them: less memory,
+    /// about one more forward pass of time ([`crate::backward`]). Off by default. Serialised only when on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainConfig {
@@ -105,6 +120,8 @@ impl Default for TrainConfig {
             epochs: 10,
             max_steps: None,
             checkpoint_every: None,
+            group_by_length: false,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -212,12 +229,43 @@ pub struct Trainer<'a> {
     pub device: &'a Device,
 }
 
-/// The micro-batch plan of one epoch: example indices per micro-batch, grouped per step.
-fn epoch_plan(n: usize, cfg: &TrainConfig, epoch: usize) -> Vec<Vec<Vec<usize>>> {
-    let mut order: Vec<usize> = (0..n).collect();
+/// With [`TrainConfig::group_by_length`], a mega-batch holds the examples of at most this many optimiser steps.
+///
+/// HF's `LengthGroupedSampler` takes up to 50 steps' worth. Sorting a mega-batch makes its steps run from its
+/// longest examples to its shortest, so the larger it is, the longer the runs of steps that see only long (or
+/// only short) examples, and the more the gradient drifts with length; 8 already leaves a micro-batch little
+/// padding (its neighbours in the sorted mega-batch are close in length) while keeping those runs short.
+pub const GROUP_STEPS: usize = 8;
+
+/// The micro-batch plan of epoch `epoch` over examples of token lengths `lengths`: example indices per
+/// micro-batch, grouped per optimiser step.
+///
+/// The order is a shuffle drawn from `(seed, epoch)` alone, so a resumed run recomputes it. With
+/// [`TrainConfig::group_by_length`], the shuffled order is cut into mega-batches of
+/// `m × micro_batch × grad_accum` examples, `m = clamp(n / (4 × micro_batch × grad_accum), 1, GROUP_STEPS)` (HF's
+/// formula with [`GROUP_STEPS`] in place of its 50, which gives a small data set about 4 mega-batches); each is
+/// sorted by length, longest first (a stable sort: equal lengths keep their shuffled order), and, as HF does, the
+/// epoch's longest example is swapped to the very front so that a batch too large for memory fails at the
+/// first step rather than hours in. Micro-batches and steps are then cut as without grouping, so an epoch has
+/// the same number of steps either way.
+pub fn epoch_plan(lengths: &[usize], cfg: &TrainConfig, epoch: usize) -> Vec<Vec<Vec<usize>>> {
+    // `validate` refuses zeros; a plan is still never cut in chunks of 0 (which would panic).
+    let (micro_batch, grad_accum) = (cfg.micro_batch.max(1), cfg.grad_accum.max(1));
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(cfg.seed, 0x5eed, epoch as u64)));
-    let micro: Vec<Vec<usize>> = order.chunks(cfg.micro_batch).map(<[usize]>::to_vec).collect();
-    micro.chunks(cfg.grad_accum).map(<[Vec<usize>]>::to_vec).collect()
+    if cfg.group_by_length {
+        let step_size = micro_batch.saturating_mul(grad_accum);
+        let mega = (order.len() / step_size.saturating_mul(4)).clamp(1, GROUP_STEPS).saturating_mul(step_size);
+        for chunk in order.chunks_mut(mega) {
+            chunk.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        }
+        // The first position holding the longest length.
+        if let Some(longest) = (0..order.len()).max_by_key(|&p| (lengths[order[p]], std::cmp::Reverse(p))) {
+            order.swap(0, longest);
+        }
+    }
+    let micro: Vec<Vec<usize>> = order.chunks(micro_batch).map(<[usize]>::to_vec).collect();
+    micro.chunks(grad_accum).map(<[Vec<usize>]>::to_vec).collect()
 }
 
 /// A seed for stream `what` at index `i`, so each use draws independently of the others.
@@ -471,6 +519,7 @@ impl Trainer<'_> {
         if usable.is_empty() {
             return Err(TrainError::NoData);
         }
+        let lengths: Vec<usize> = usable.iter().map(|e| e.ids.len()).collect();
         let steps_per_epoch = usable.len().div_ceil(cfg.micro_batch * cfg.grad_accum);
         let total = cfg.max_steps.unwrap_or(steps_per_epoch * cfg.epochs);
         let vars: Vec<(String, Var)> = {
@@ -531,7 +580,7 @@ impl Trainer<'_> {
 
         'epochs: for epoch in start_epoch.. {
             let skip = if epoch == start_epoch { start_batch } else { 0 };
-            let plan = epoch_plan(usable.len(), cfg, epoch);
+            let plan = epoch_plan(&lengths, cfg, epoch);
             let plan_len = plan.len();
             for (batch_index, micro_batches) in plan.into_iter().enumerate().skip(skip) {
                 if step >= total {
@@ -557,14 +606,17 @@ impl Trainer<'_> {
                     if let Some(d) = self.dropout {
                         d.reseed(Some(mix(cfg.seed, 0xd209, (step * cfg.grad_accum + m) as u64)));
                     }
-                    let logits = self.model.forward(&batch.input_ids, None)?;
-                    let loss = (masked_nll(&logits, &batch.targets, &batch.weights)? / step_targets as f64)?;
-                    let grads = loss.backward()?;
-                    loss_sum += loss.to_scalar::<f32>()?;
+                    let (loss, grads) = loss_and_grads(
+                        self.model,
+                        batch,
+                        step_targets as f64,
+                        &vars,
+                        self.dropout,
+                        cfg.gradient_checkpointing,
+                    )?;
+                    loss_sum += loss;
                     tokens += batch.tokens;
-                    for (name, var) in &vars {
-                        let Some(g) = grads.get(var) else { return Err(TrainError::NoGradient(name.clone())) };
-                        let g = g.detach();
+                    for ((name, _), g) in vars.iter().zip(grads) {
                         let next = match acc.remove(name) {
                             Some(prev) => (prev + g)?,
                             None => g,

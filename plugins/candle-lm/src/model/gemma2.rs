@@ -372,6 +372,22 @@ impl Model {
         self.head(&x.narrow(1, x.dim(1)? - 1, 1)?)?.squeeze(1)
     }
 
+    /// [`Model::forward`] without a cache, cut at the decoder layers (gradient checkpointing).
+    pub fn segments(&self, input_ids: &Tensor) -> Result<Segments<'_>> {
+        let step = Step::new(input_ids, None)?;
+        let device = input_ids.device();
+        let (cos, sin) = step.rope(&self.rope, self.dtype, device)?;
+        let global = step.mask(None, device)?;
+        let local = step.mask(self.window, device)?;
+        Ok(Segments { model: self, input_ids: input_ids.clone(), cos, sin, global, local })
+    }
+
+    /// Scaled embeddings; HF multiplies by the normaliser rounded to the model's dtype.
+    fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let normalizer = Tensor::new((self.hidden_size as f32).sqrt(), input_ids.device())?.to_dtype(self.dtype)?;
+        self.embed_tokens.forward(input_ids)?.broadcast_mul(&normalizer)
+    }
+
     /// Final norm, tied head, soft cap.
     fn head(&self, x: &Tensor) -> Result<Tensor> {
         let logits = self.lm_head.forward(&self.norm.forward(x)?)?;
@@ -389,9 +405,7 @@ impl Model {
         let (cos, sin) = step.rope(&self.rope, self.dtype, device)?;
         let global = step.mask(None, device)?;
         let local = step.mask(self.window, device)?;
-        // HF multiplies by the normaliser rounded to the model's dtype.
-        let normalizer = Tensor::new((self.hidden_size as f32).sqrt(), device)?.to_dtype(self.dtype)?;
-        let mut x = self.embed_tokens.forward(input_ids)?.broadcast_mul(&normalizer)?;
+        let mut x = self.embed(input_ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| c.layer(i));
             let mask = if layer.sliding { &local } else { &global };
@@ -401,5 +415,38 @@ impl Model {
             c.advance(len);
         }
         Ok(x)
+    }
+}
+
+/// One forward pass of a [`Model`] as segments ([`crate::model::Segmented`]), with the RoPE tables and both
+/// masks computed once for all layers.
+pub struct Segments<'a> {
+    model: &'a Model,
+    input_ids: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    global: Tensor,
+    local: Tensor,
+}
+
+impl crate::model::Segmented for Segments<'_> {
+    fn embed(&self) -> Result<Tensor> {
+        self.model.embed(&self.input_ids)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    fn layer(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        let Some(layer) = self.model.layers.get(i) else {
+            candle_core::bail!("layer {i} of a model with {} layers", self.model.layers.len())
+        };
+        let mask = if layer.sliding { &self.local } else { &self.global };
+        layer.forward(x, (&self.cos, &self.sin), mask, None)
+    }
+
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        self.model.head(x)
     }
 }

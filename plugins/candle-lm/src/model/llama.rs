@@ -323,14 +323,28 @@ impl Model {
     /// the cached sequence (positions start at its length, per row when it is padded) and the cache is extended.
     pub fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.hidden(input_ids, cache)?;
-        self.lm_head.forward(&self.norm.forward(&x)?)?.to_dtype(DType::F32)
+        self.head(&x)
     }
 
     /// [`Model::forward`]'s logits at the last position only, `(batch, vocab)`.
     pub fn forward_last(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.hidden(input_ids, cache)?;
         let last = x.narrow(1, x.dim(1)? - 1, 1)?;
-        self.lm_head.forward(&self.norm.forward(&last)?)?.squeeze(1)?.to_dtype(DType::F32)
+        self.head(&last)?.squeeze(1)
+    }
+
+    /// [`Model::forward`] without a cache, cut at the decoder layers (gradient checkpointing).
+    pub fn segments(&self, input_ids: &Tensor) -> Result<Segments<'_>> {
+        let step = Step::new(input_ids, None)?;
+        let device = input_ids.device();
+        let (cos, sin) = step.rope(&self.rope, self.dtype, device)?;
+        let mask = step.mask(self.window, device)?;
+        Ok(Segments { model: self, input_ids: input_ids.clone(), cos, sin, mask })
+    }
+
+    /// Final norm and output head: logits in f32.
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(&self.norm.forward(x)?)?.to_dtype(DType::F32)
     }
 
     /// The residual stream after the last layer, `(batch, len, hidden)`.
@@ -352,5 +366,36 @@ impl Model {
             c.advance(len);
         }
         Ok(x)
+    }
+}
+
+/// One forward pass of a [`Model`] as segments ([`crate::model::Segmented`]), with the RoPE tables and the mask
+/// computed once for all layers.
+pub struct Segments<'a> {
+    model: &'a Model,
+    input_ids: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
+impl crate::model::Segmented for Segments<'_> {
+    fn embed(&self) -> Result<Tensor> {
+        self.model.embed_tokens.forward(&self.input_ids)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    fn layer(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        let Some(layer) = self.model.layers.get(i) else {
+            candle_core::bail!("layer {i} of a model with {} layers", self.model.layers.len())
+        };
+        layer.forward(x, (&self.cos, &self.sin), &self.mask, None)
+    }
+
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        self.model.head(x)
     }
 }

@@ -25,6 +25,27 @@ pub trait CausalLm {
         let len = logits.dim(1)?;
         logits.narrow(1, len - 1, 1)?.squeeze(1)
     }
+
+    /// [`Self::forward`] over `input_ids` (no cache) cut at the decoder layers, for gradient checkpointing
+    /// ([`crate::backward`]). The default refuses: a model must say how it is cut.
+    fn segments<'a>(&'a self, input_ids: &Tensor) -> Result<Box<dyn Segmented + 'a>> {
+        let _ = input_ids;
+        candle_core::bail!("this model cannot be cut into layers for gradient checkpointing")
+    }
+}
+
+/// One forward pass as a chain of segments: [`Segmented::embed`], then [`Segmented::layer`] `0, 1, …` in order,
+/// then [`Segmented::head`] computes the logits [`CausalLm::forward`] computes. Each segment depends on the
+/// previous one only through the tensor passed along (the residual stream), so its forward can be rerun alone.
+pub trait Segmented {
+    /// The input of the first layer, `(batch, len, hidden)`.
+    fn embed(&self) -> Result<Tensor>;
+    /// Number of decoder layers.
+    fn num_layers(&self) -> usize;
+    /// Decoder layer `i` applied to its input `x`.
+    fn layer(&self, i: usize, x: &Tensor) -> Result<Tensor>;
+    /// Final norm and output head over the last layer's output: logits `(batch, len, vocab)` in f32.
+    fn head(&self, x: &Tensor) -> Result<Tensor>;
 }
 
 impl CausalLm for llama::Model {
@@ -34,6 +55,9 @@ impl CausalLm for llama::Model {
     fn forward_last(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         llama::Model::forward_last(self, input_ids, cache)
     }
+    fn segments<'a>(&'a self, input_ids: &Tensor) -> Result<Box<dyn Segmented + 'a>> {
+        Ok(Box::new(llama::Model::segments(self, input_ids)?))
+    }
 }
 
 impl CausalLm for gemma2::Model {
@@ -42,6 +66,9 @@ impl CausalLm for gemma2::Model {
     }
     fn forward_last(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         gemma2::Model::forward_last(self, input_ids, cache)
+    }
+    fn segments<'a>(&'a self, input_ids: &Tensor) -> Result<Box<dyn Segmented + 'a>> {
+        Ok(Box::new(gemma2::Model::segments(self, input_ids)?))
     }
 }
 
@@ -286,6 +313,12 @@ impl CausalLm for Decoder {
         match self {
             Self::Llama(m) => m.forward_last(input_ids, cache),
             Self::Gemma2(m) => m.forward_last(input_ids, cache),
+        }
+    }
+    fn segments<'a>(&'a self, input_ids: &Tensor) -> Result<Box<dyn Segmented + 'a>> {
+        match self {
+            Self::Llama(m) => CausalLm::segments(m, input_ids),
+            Self::Gemma2(m) => CausalLm::segments(m, input_ids),
         }
     }
 }

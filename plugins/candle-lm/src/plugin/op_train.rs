@@ -5,6 +5,10 @@
 //! text, for pre-training a tiny model from `init`. A known bos token is prepended to every example (see
 //! [`files::bos_id`]), in training and in `sample` alike.
 //!
+//! Memory: `gradient_checkpointing` recomputes each layer's activations in the backward pass, `group_by_length`
+//! cuts micro-batches of similar lengths (less padding), and `dtype = "bf16"` (LoRA) runs the forward in bf16 with
+//! the adapters kept as f32 master weights; all three are off by default.
+//!
 //! Checkpoints (param `checkpoint_every`, default every 50 steps, 0 = off) go to `checkpoints/` in the stage's
 //! scratch directory, which rto keeps across failed or interrupted attempts of the same action and deletes after
 //! success: a retried `train` resumes from the newest one ("resuming from step N" in the log) and ends with the

@@ -172,6 +172,8 @@ const TRAIN_KEYS: &[&str] = &[
     "epochs",
     "eps",
     "grad_accum",
+    "gradient_checkpointing",
+    "group_by_length",
     "lora",
     "lr",
     "max_grad_norm",
@@ -188,7 +190,18 @@ const TRAIN_KEYS: &[&str] = &[
 pub(crate) const DEFAULT_CHECKPOINT_EVERY: usize = 50;
 const LORA_KEYS: &[&str] = &["alpha", "dropout", "r", "target_modules"];
 
-/// `train`'s params.
+/// `train`'s params: `method` (`"lora"`, `"full"`, `"lm"`), `lora = { r, alpha, dropout, target_modules }`,
+/// `dtype`, and the [`TrainConfig`] fields by name (defaults there): `lr`, `weight_decay`, `beta1`, `beta2`, `eps`,
+/// `schedule`, `warmup_steps`, `micro_batch`, `grad_accum`, `max_grad_norm` (0 = no clipping), `max_len`, `seed`,
+/// `epochs`, `max_steps`, `checkpoint_every` (50; 0 = none), and:
+/// - `group_by_length` (boolean, default false): sort each mega-batch of the seeded shuffle by token length before
+///   cutting micro-batches, for less padding ([`crate::train::epoch_plan`]);
+/// - `gradient_checkpointing` (boolean, default false): recompute each decoder layer's activations in the backward
+///   pass instead of keeping them: the same gradients up to rounding, a fraction of the activation memory, one
+///   more forward pass of the layers per step ([`crate::backward`]).
+///
+/// `dtype = "bf16"` (method `lora` only) computes the forward in bf16 over bf16 base weights while the adapters,
+/// their gradients and AdamW's state stay f32 (master weights); the loss is computed from logits in f32.
 #[derive(Debug)]
 pub(crate) struct TrainParams {
     /// What is trained.
@@ -266,6 +279,9 @@ impl TrainParams {
                 Some(0) => None,
                 Some(n) => Some(n),
             },
+            group_by_length: opt(top, "group_by_length", &[], boolean)?.unwrap_or(d.group_by_length),
+            gradient_checkpointing: opt(top, "gradient_checkpointing", &[], boolean)?
+                .unwrap_or(d.gradient_checkpointing),
         };
         if train.max_steps == Some(0) {
             return Err(Error::param(&["max_steps"], "`max_steps` must be at least 1"));

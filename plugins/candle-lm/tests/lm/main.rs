@@ -1,8 +1,11 @@
 //! candle-lm's tests, one binary with a module per area.
 
+mod bf16;
+mod checkpointing;
 mod gemma2;
 mod gguf;
 mod grads;
+mod grouping;
 mod load_errors;
 mod logits;
 mod lora;

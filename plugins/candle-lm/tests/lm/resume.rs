@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_lm::data::Tokenized;
 use candle_lm::lora::{LoraConfig, LoraSet};
 use candle_lm::optim::{AdamW, ParamsAdamW};
-use candle_lm::train::{Checkpoints, Schedule, StepMetrics, TrainConfig, TrainError, Trainer};
+use candle_lm::train::{Checkpoints, Schedule, StepMetrics, TrainConfig, TrainError, Trainer, epoch_plan};
 use candle_nn::{Optimizer, VarMap};
 
 use crate::support::{load, random_ids, random_weights, tiny_config, write_model};
@@ -79,12 +79,17 @@ fn adamw_matches_candle_and_its_state_round_trips() {
     assert!(err.contains("no gradient for `w`"), "{err}");
 }
 
-/// 10 examples of random tokens, every token after the first a target.
-fn examples() -> Vec<Tokenized> {
-    let ids = random_ids(10, 7, 61, 11).to_vec2::<u32>().unwrap();
+/// 10 examples of random tokens, every token after the first a target; all 7 long, or (`mixed`) 3 to 12 long.
+fn examples(mixed: bool) -> Vec<Tokenized> {
+    let ids = random_ids(10, if mixed { 12 } else { 7 }, 61, 11).to_vec2::<u32>().unwrap();
     ids.into_iter()
         .enumerate()
-        .map(|(i, ids)| Tokenized { id: i.to_string(), loss: (0..ids.len()).map(|j| j > 0).collect(), ids })
+        .map(|(i, mut ids)| {
+            if mixed {
+                ids.truncate(3 + (i * 7) % 10);
+            }
+            Tokenized { id: i.to_string(), loss: (0..ids.len()).map(|j| j > 0).collect(), ids }
+        })
         .collect()
 }
 
@@ -114,8 +119,14 @@ struct Outcome {
 }
 
 /// One run over a freshly loaded model (`lora` or full fine-tuning), with checkpoints in `ckpt` when given,
-/// cancelled once `stop_after` steps are done.
-fn run(model_dir: &Path, lora: bool, ckpt: Option<&Path>, stop_after: Option<u64>, metrics: &Path) -> Outcome {
+/// cancelled once `stop_after` steps are done; `grouped`: length-grouped batches over examples of mixed lengths.
+fn run(
+    model_dir: &Path,
+    (lora, grouped): (bool, bool),
+    ckpt: Option<&Path>,
+    stop_after: Option<u64>,
+    metrics: &Path,
+) -> Outcome {
     let set = LoraSet::new(LoraConfig { r: 4, alpha: 8.0, dropout: 0.1, target_modules: vec![] }, 3).unwrap();
     let loaded = load(model_dir, !lora, lora.then_some(&set));
     let params = if lora { set.vars() } else { &loaded.params };
@@ -126,8 +137,8 @@ fn run(model_dir: &Path, lora: bool, ckpt: Option<&Path>, stop_after: Option<u64
     let log_line = |l: &str| log.borrow_mut().push(l.to_owned());
     let checkpoints = ckpt.map(|dir| Checkpoints { dir, log: &log_line });
     let result = trainer.run_checkpointed(
-        &examples(),
-        &config(),
+        &examples(grouped),
+        &TrainConfig { group_by_length: grouped, ..config() },
         metrics,
         checkpoints.as_ref(),
         &mut |d, _| done.set(d),
@@ -136,21 +147,22 @@ fn run(model_dir: &Path, lora: bool, ckpt: Option<&Path>, stop_after: Option<u64
     Outcome { result, weights: weights(params), log: log.into_inner() }
 }
 
-fn killed_and_resumed_equals_uninterrupted(lora: bool) {
+fn killed_and_resumed_equals_uninterrupted(lora: bool, grouped: bool) {
+    let mode = (lora, grouped);
     let dir = tempfile::tempdir().unwrap();
     let config_json = tiny_config("llama", false);
     let model_dir = dir.path().join("model");
     std::fs::create_dir(&model_dir).unwrap();
     write_model(&model_dir, &config_json, &random_weights(&config_json, 2));
 
-    let straight = run(&model_dir, lora, None, None, &dir.path().join("straight.jsonl"));
+    let straight = run(&model_dir, mode, None, None, &dir.path().join("straight.jsonl"));
     let history = straight.result.unwrap();
     assert_eq!(history.len(), 10);
     assert!(history.iter().any(|m| f64::from(m.grad_norm) > 0.5), "some step clips");
 
     let ckpt = dir.path().join("ckpt");
     let metrics = dir.path().join("metrics.jsonl");
-    let killed = run(&model_dir, lora, Some(&ckpt), Some(7), &metrics);
+    let killed = run(&model_dir, mode, Some(&ckpt), Some(7), &metrics);
     assert!(matches!(killed.result, Err(TrainError::Cancelled)), "{:?}", killed.result.err());
     assert_ne!(killed.weights, straight.weights, "stopped before the end");
     let mut names: Vec<String> =
@@ -166,7 +178,7 @@ fn killed_and_resumed_equals_uninterrupted(lora: bool) {
     std::fs::copy(ckpt.join("step-000000006/state.json"), ckpt.join("step-000000008/state.json")).unwrap();
     std::fs::write(ckpt.join("step-000000008/params.safetensors"), b"\x10\0\0").unwrap();
 
-    let resumed = run(&model_dir, lora, Some(&ckpt), None, &metrics);
+    let resumed = run(&model_dir, mode, Some(&ckpt), None, &metrics);
     let resumed_history = resumed.result.unwrap();
     assert!(resumed.log.iter().any(|l| l.starts_with("removing checkpoint") && l.contains("step-000000008")));
     assert!(resumed.log.iter().any(|l| l.starts_with("resuming from step 6 ")), "{:?}", resumed.log);
@@ -191,12 +203,21 @@ fn killed_and_resumed_equals_uninterrupted(lora: bool) {
 
 #[test]
 fn lora_run_resumes_bitwise() {
-    killed_and_resumed_equals_uninterrupted(true);
+    killed_and_resumed_equals_uninterrupted(true, false);
 }
 
 #[test]
 fn full_run_resumes_bitwise() {
-    killed_and_resumed_equals_uninterrupted(false);
+    killed_and_resumed_equals_uninterrupted(false, false);
+}
+
+/// The grouped order is derived again on resume (it changes the order here, so the test is not the plain one).
+#[test]
+fn length_grouped_run_resumes_bitwise() {
+    let lengths: Vec<usize> = examples(true).iter().map(|e| e.ids.len()).collect();
+    let grouped = TrainConfig { group_by_length: true, ..config() };
+    assert_ne!(epoch_plan(&lengths, &grouped, 1), epoch_plan(&lengths, &config(), 1));
+    killed_and_resumed_equals_uninterrupted(true, true);
 }
 
 /// A checkpoint of another config is not resumed; an invalid cadence is refused.
@@ -214,14 +235,15 @@ fn a_checkpoint_of_another_run_is_ignored() {
     let checkpoints = Checkpoints { dir: &ckpt, log: &log_line };
     let m = dir.path().join("m.jsonl");
     let cfg = TrainConfig { max_steps: Some(2), checkpoint_every: Some(1), ..config() };
-    trainer.run_checkpointed(&examples(), &cfg, &m, Some(&checkpoints), &mut |_, _| {}, &|| false).unwrap();
+    trainer.run_checkpointed(&examples(false), &cfg, &m, Some(&checkpoints), &mut |_, _| {}, &|| false).unwrap();
     let other = TrainConfig { lr: 1e-3, ..cfg.clone() };
-    let h = trainer.run_checkpointed(&examples(), &other, &m, Some(&checkpoints), &mut |_, _| {}, &|| false).unwrap();
+    let h =
+        trainer.run_checkpointed(&examples(false), &other, &m, Some(&checkpoints), &mut |_, _| {}, &|| false).unwrap();
     assert_eq!(h.len(), 2);
     let lines = log.borrow().clone();
     assert!(lines.iter().all(|l| !l.starts_with("resuming")), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("another training config")), "{lines:?}");
     let bad = TrainConfig { checkpoint_every: Some(0), ..cfg };
-    let err = trainer.run_checkpointed(&examples(), &bad, &m, Some(&checkpoints), &mut |_, _| {}, &|| false);
+    let err = trainer.run_checkpointed(&examples(false), &bad, &m, Some(&checkpoints), &mut |_, _| {}, &|| false);
     assert!(matches!(err, Err(TrainError::Config(ref s)) if s.contains("checkpoint_every")), "{:?}", err.err());
 }

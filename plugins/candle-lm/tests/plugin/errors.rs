@@ -43,6 +43,15 @@ fn bad_params_point_at_their_path() {
     param_error(&w, "train", json!({"schedule": "linear"}), &train, &["schedule"], "cosine");
     param_error(&w, "train", json!({"method": "lm", "dtype": "bf16"}), &train, &["dtype"], "f32");
     param_error(&w, "train", json!({"dtype": "fp8"}), &train, &["dtype"], "bf16");
+    param_error(&w, "train", json!({"group_by_length": "yes"}), &train, &["group_by_length"], "true or false");
+    param_error(
+        &w,
+        "train",
+        json!({"gradient_checkpointing": 1}),
+        &train,
+        &["gradient_checkpointing"],
+        "true or false",
+    );
     param_error(
         &w,
         "train",

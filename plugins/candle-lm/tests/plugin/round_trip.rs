@@ -1,5 +1,6 @@
 //! The whole path through the descriptor: `init` → `train` → `sample`.
 
+use candle_core::Device;
 use serde_json::{Value, json};
 
 use crate::{QA, Work, metrics, samples, tiny, write_prompts, write_tokenizer, write_train};
@@ -143,6 +144,26 @@ fn full_fine_tuning_writes_a_model() {
         candle_core::safetensors::load(full.join("model/model.safetensors"), &candle_core::Device::Cpu).unwrap();
     assert!(weights.contains_key("model.layers.1.mlp.down_proj.weight"));
     assert!(!weights.contains_key("lm_head.weight"), "tied: the head is the embedding");
+}
+
+/// The memory options through the plugin: LoRA in bf16 (f32 adapters), length-grouped batches and gradient
+/// checkpointing together still learn, and the adapter is written in f32.
+#[test]
+fn lora_in_bf16_with_grouping_and_checkpointing() {
+    let w = Work::default();
+    let tok = write_tokenizer(&w);
+    let (_, out) = w.invoke("init", tiny(), &[("tokenizer", &tok)]);
+    let data = write_train(&w, 4);
+    let params = json!({"lr": 1e-2, "micro_batch": 4, "grad_accum": 1, "max_steps": 20, "max_grad_norm": 1.0,
+                        "dtype": "bf16", "group_by_length": true, "gradient_checkpointing": true,
+                        "lora": {"r": 8, "alpha": 16, "dropout": 0.1}});
+    let (summary, trained) = w.invoke("train", params, &[("model", &out.join("model")), ("data", &data)]);
+    assert_eq!(summary["steps"], 20);
+    let (first, last) = (summary["first_loss"].as_f64().unwrap(), summary["final_loss"].as_f64().unwrap());
+    assert!(last < 0.5 * first, "loss {first} → {last}");
+    let adapter = candle_core::safetensors::load(trained.join("adapter/adapter_model.safetensors"), &Device::Cpu);
+    let adapter = adapter.unwrap();
+    assert!(!adapter.is_empty() && adapter.values().all(|t| t.dtype() == candle_core::DType::F32));
 }
 
 /// A host that asks the op to stop once `stop_after` steps are reported done, like rto cancelling (or the
