@@ -3,7 +3,8 @@
 //!
 //! Method `lm` marks every segment as a loss segment before tokenizing: plain causal-LM training on the whole
 //! text, for pre-training a tiny model from `init`. A known bos token is prepended to every example (see
-//! [`files::bos_id`]), in training and in `sample` alike.
+//! [`files::bos_id`]), in training and in `sample` alike; in `lm` training the model's eos is appended to every
+//! example that fits in `max_len` and does not already end with it, so that a model pre-trained from scratch knows how a document ends.
 //!
 //! Memory: `gradient_checkpointing` recomputes each layer's activations in the backward pass, `group_by_length`
 //! cuts micro-batches of similar lengths (less padding), and `dtype = "bf16"` (LoRA) runs the forward in bf16 with
@@ -39,6 +40,7 @@ pub(super) fn run(p: &TrainParams, ctx: &mut OpContext<'_>) -> Result<Value, Err
 
     let tokenizer = files::load_tokenizer(model_dir)?;
     let bos = files::bos_id(&tokenizer);
+    let lm_eos = files::eos_ids(model_dir, &tokenizer)?.first().copied();
     let data_path = ctx.input("data")?;
     let mut examples = data::read_examples(data_path)?;
     if p.method == Method::Lm {
@@ -51,7 +53,18 @@ pub(super) fn run(p: &TrainParams, ctx: &mut OpContext<'_>) -> Result<Value, Err
         if i % 1024 == 0 && ctx.cancelled() {
             return Err(Error::Cancelled);
         }
-        tokenized.push(data::tokenize(e, &tokenizer, bos, p.train.max_len)?);
+        let mut t = data::tokenize(e, &tokenizer, bos, p.train.max_len)?;
+        // Plain LM training ends each document with the eos, as GPT-style pre-training separates documents: a
+        // base model that never saw the eos cannot learn to stop when fine-tuned on short answers.
+        if p.method == Method::Lm
+            && let Some(eos) = lm_eos
+            && t.ids.len() < p.train.max_len
+            && t.ids.last() != Some(&eos)
+        {
+            t.ids.push(eos);
+            t.loss.push(true);
+        }
+        tokenized.push(t);
     }
     let tokens: usize = tokenized.iter().map(|t| t.ids.len()).sum();
     let loss_tokens: usize = tokenized.iter().map(Tokenized::loss_tokens).sum();

@@ -57,6 +57,21 @@ fn init_train_sample_round_trip() {
     assert_eq!(lm["method"], "lm");
     assert_eq!(lm["steps"], 6);
     assert_eq!(lm["loss_tokens"].as_u64(), Some(lm["tokens"].as_u64().unwrap() - 12), "all but each first token");
+    // Documents without an eos get one, as a target: a model pre-trained from scratch must learn to stop.
+    let corpus = w.write(
+        "corpus/train.jsonl",
+        &(0..3)
+            .map(|i| {
+                format!(
+                    "{}\n",
+                    json!({"id": format!("c:{i}"), "segments": [{"loss": true, "text": "the answer is red"}]})
+                )
+            })
+            .collect::<String>(),
+    );
+    let one_step = json!({"method": "lm", "lr": 1e-2, "micro_batch": 3, "grad_accum": 1, "max_steps": 1});
+    let (with_eos, _) = w.invoke("train", one_step, &[("model", &model), ("data", &corpus)]);
+    assert_eq!((with_eos["tokens"].as_u64(), with_eos["loss_tokens"].as_u64()), (Some(15), Some(12)), "{with_eos}");
     let pretrained = lm_out.join("model");
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         assert!(pretrained.join(f).is_file(), "{f}");
