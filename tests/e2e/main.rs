@@ -16,3 +16,4 @@ mod resources;
 mod serve;
 mod slurm;
 mod support;
+mod tiny;
