@@ -235,18 +235,9 @@ fn an_input_edited_while_its_stage_runs_is_not_recorded() {
 
 #[test]
 fn the_tiny_study_validates_and_expands_to_its_20_stages() {
-    // Running it takes minutes (the README's first command); here it is planned: every stage, plugin op and
-    // param is resolved and checked, with nothing run.
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let out = crate::support::outcome(
-        std::process::Command::new(crate::support::rto())
-            .args(["--cache", tmp.path().to_str().unwrap(), "--format", "json", "plan", "studies/tiny.toml"])
-            .current_dir(root)
-            .output()
-            .unwrap(),
-    )
-    .expect_code(0);
+    // Running it at full size takes minutes (the README's first command; `tiny.rs` runs it shrunk); here it is
+    // planned: every stage, plugin op and param is resolved and checked, with nothing run.
+    let out = plan_shipped("studies/tiny.toml");
     let st = out.statuses();
     assert_eq!(st.len(), 20, "{st:?}");
     assert_eq!(st["data"], "will-run");
@@ -267,7 +258,7 @@ fn the_paper_study_plans_its_24_trainings_12_judgings_and_report_without_touchin
 
 /// `rto plan` of a study shipped in `studies/`, offline: remote inputs (hf://, URLs) are never fetched by
 /// `plan`; stages that need them will run, their keys unknown.
-fn plan_shipped(study: &str) -> crate::support::Outcome {
+pub(crate) fn plan_shipped(study: &str) -> crate::support::Outcome {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     crate::support::outcome(

@@ -234,16 +234,7 @@ fn a_bad_summary_fails_the_report_naming_input_file_and_field() {
 fn the_tiny_study_ends_with_a_report_whose_params_and_gathered_inputs_check_out() {
     // Planning validates the report's params against its inputs (every cell and curve finds its input, every
     // input is read); running the tiny study takes minutes and belongs to the README's first command.
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let out = crate::support::outcome(
-        std::process::Command::new(crate::support::rto())
-            .args(["--cache", tmp.path().to_str().unwrap(), "--format", "json", "plan", "studies/tiny.toml"])
-            .current_dir(root)
-            .output()
-            .unwrap(),
-    )
-    .expect_code(0);
+    let out = crate::incremental::plan_shipped("studies/tiny.toml");
     assert_eq!(out.statuses()["report"], "blocked");
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let report = v["stages"].as_array().unwrap().iter().find(|s| s["id"] == "report").unwrap();

@@ -98,24 +98,7 @@ pub fn run(
         .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     let mut stdin = child.stdin.take();
-    let (tx, rx) = std::sync::mpsc::channel::<Result<String, String>>();
-    let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-    let tx2 = tx.clone();
-    let readers = [
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(Ok(line));
-            }
-        }),
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(err);
-            let mut buf = Vec::new();
-            while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
-                let _ = tx2.send(Err(String::from_utf8_lossy(&buf).trim_end().to_string()));
-                buf.clear();
-            }
-        }),
-    ];
+    let (rx, readers) = read_lines(&mut child);
     let started = Instant::now();
     let mut cancel_at: Option<Instant> = None;
     let mut timed_out = false;
@@ -167,6 +150,33 @@ pub fn run(
             })
         }
     })
+}
+
+/// Reads a worker's stdout and stderr on two threads into one channel, in arrival order: stdout lines as `Ok`
+/// (the protocol's JSON lines), stderr lines as `Err` (anything a plugin prints, lossily decoded). The channel
+/// ends when both pipes close, that is when the worker is gone.
+pub(crate) fn read_lines(
+    child: &mut std::process::Child,
+) -> (std::sync::mpsc::Receiver<Result<String, String>>, [std::thread::JoinHandle<()>; 2]) {
+    let (tx, rx) = std::sync::mpsc::channel::<Result<String, String>>();
+    let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+    let tx2 = tx.clone();
+    let readers = [
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(Ok(line));
+            }
+        }),
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(err);
+            let mut buf = Vec::new();
+            while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+                let _ = tx2.send(Err(String::from_utf8_lossy(&buf).trim_end().to_string()));
+                buf.clear();
+            }
+        }),
+    ];
+    (rx, readers)
 }
 
 fn signal_hint(sig: i32) -> &'static str {

@@ -4,9 +4,9 @@
 //! Why a child process, as for stages: a model plugin is native code that may crash or run out of memory; the
 //! server answers that request with an error, starts a fresh worker for the next one, and stays up.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::Receiver;
 
 use anyhow::Context;
 use api::protocol::{ErrorReply, Request};
@@ -63,24 +63,8 @@ impl Session {
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("cannot start a worker process")?;
         let stdin = child.stdin.take().expect("piped");
-        let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-        let (tx, lines) = channel();
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(Ok(line)).is_err() {
-                    break;
-                }
-            }
-        });
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(err);
-            let mut buf = Vec::new();
-            while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
-                let _ = tx2.send(Err(String::from_utf8_lossy(&buf).trim_end().to_string()));
-                buf.clear();
-            }
-        });
+        // The readers end with the worker's pipes; nothing needs to join them.
+        let (lines, _readers) = crate::plugin::worker::read_lines(&mut child);
         Ok(Running { child, stdin, lines })
     }
 
