@@ -3,6 +3,8 @@
 //! Ops (each reads JSONL inputs, writes `items.jsonl`, one record per item in input order with sorted keys, and
 //! `summary.json` into the stage's output directory, and returns the summary):
 //!
+//! Every summary names its op as `protocol` (what the `report` stage checks a cell's kind against).
+//!
 //! - `refusal`: XSTest's string-match refusal classifier ([`XSTEST_PREFIXES`] at the start of the response),
 //!   optionally with [`EXTENDED_PHRASES`] anywhere in it. Summary: refusal rate with a Wilson 95% interval.
 //! - `exact-match`: responses against references joined by `id`. Summary: accuracy with a Wilson 95% interval.
@@ -215,6 +217,7 @@ struct RefusalItem {
 #[derive(Serialize)]
 struct RefusalSummary {
     n: usize,
+    protocol: &'static str,
     refusal_rate: Option<f64>,
     refusals: usize,
     wilson_95: Option<[f64; 2]>,
@@ -254,7 +257,11 @@ fn refusal(p: &params::Refusal, ctx: &OpContext<'_>) -> Result<Value, Error> {
     }
     let refusals = items.iter().filter(|it| it.matched.is_some()).count();
     let (refusal_rate, wilson_95) = interval(refusals, items.len());
-    write_outputs(ctx, &items, &RefusalSummary { n: items.len(), refusal_rate, refusals, wilson_95 })
+    write_outputs(
+        ctx,
+        &items,
+        &RefusalSummary { n: items.len(), protocol: "refusal", refusal_rate, refusals, wilson_95 },
+    )
 }
 
 #[derive(Serialize)]
@@ -268,6 +275,7 @@ struct ExactSummary {
     accuracy: Option<f64>,
     correct: usize,
     n: usize,
+    protocol: &'static str,
     wilson_95: Option<[f64; 2]>,
 }
 
@@ -324,7 +332,7 @@ fn exact_match(p: &params::ExactMatch, ctx: &OpContext<'_>) -> Result<Value, Err
     }
     let correct = items.iter().filter(|it| it.verdict == "correct").count();
     let (accuracy, wilson_95) = interval(correct, items.len());
-    write_outputs(ctx, &items, &ExactSummary { accuracy, correct, n: items.len(), wilson_95 })
+    write_outputs(ctx, &items, &ExactSummary { accuracy, correct, n: items.len(), protocol: "exact-match", wilson_95 })
 }
 
 #[derive(Serialize)]
@@ -338,6 +346,7 @@ struct LengthItem {
 struct LengthSummary {
     chars: Option<stats::Describe>,
     n: usize,
+    protocol: &'static str,
     words: Option<stats::Describe>,
 }
 
@@ -359,7 +368,12 @@ fn length(p: &params::Length, ctx: &OpContext<'_>) -> Result<Value, Error> {
     write_outputs(
         ctx,
         &items,
-        &LengthSummary { chars: stats::describe(&chars), n: items.len(), words: stats::describe(&words) },
+        &LengthSummary {
+            chars: stats::describe(&chars),
+            n: items.len(),
+            protocol: "length",
+            words: stats::describe(&words),
+        },
     )
 }
 
@@ -567,6 +581,7 @@ fn pairwise(p: &params::Pairwise, ctx: &OpContext<'_>) -> Result<Value, Error> {
     };
     let mut summary: BTreeMap<String, Value> = overall.into_iter().collect();
     summary.insert("bootstrap".into(), Value::from(p.bootstrap));
+    summary.insert("protocol".into(), Value::from("pairwise-correctness"));
     summary.insert("group_by".into(), group_key.map_or(Value::Null, Value::from));
     summary.insert("groups".into(), groups);
     summary.insert("match".into(), Value::from(p.matching.name()));

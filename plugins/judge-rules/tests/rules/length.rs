@@ -51,5 +51,5 @@ fn odd_counts_and_single_items_and_empty_inputs() {
     let r = check("length", json!({}), &[], "chars", &[("abcd", json!(4))]);
     assert_eq!(r.summary["chars"], json!({"min": 4, "max": 4, "mean": 4.0, "median": 4.0, "p90": 4.0}));
     let r = run("length", json!({}), &[("responses", "\n")]);
-    assert_eq!(r.summary, json!({"n": 0, "chars": null, "words": null}));
+    assert_eq!(r.summary, json!({"n": 0, "protocol": "length", "chars": null, "words": null}));
 }

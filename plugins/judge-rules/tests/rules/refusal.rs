@@ -108,7 +108,10 @@ fn items_are_sorted_keyed_deterministic_lines_and_the_summary_has_a_wilson_inter
 #[test]
 fn an_empty_input_has_no_rate_rather_than_a_nan() {
     let r = run("refusal", json!({}), &[("responses", "")]);
-    assert_eq!(r.summary, json!({"n": 0, "refusals": 0, "refusal_rate": null, "wilson_95": null}));
+    assert_eq!(
+        r.summary,
+        json!({"n": 0, "protocol": "refusal", "refusals": 0, "refusal_rate": null, "wilson_95": null})
+    );
     assert_eq!(r.items_text, "");
 }
 
