@@ -28,6 +28,7 @@ pub mod backend;
 pub mod client;
 pub mod export;
 pub mod ffi;
+pub mod jsonl;
 pub mod protocol;
 
 pub use backend::{Backend, Error, Host, Kind, OpContext};

@@ -19,7 +19,7 @@
 //! rto's early cut-off keeps its dependants cached.
 #![deny(missing_docs)]
 
-mod jsonl;
+use api::jsonl;
 mod params;
 pub mod stats;
 

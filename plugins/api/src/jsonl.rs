@@ -1,15 +1,16 @@
-//! Reading the JSONL inputs: one JSON object per line, each with an `id`. Every error names the input, the
-//! file and the line, because the file is usually another stage's output and the user has to find the row.
+//! Reading a stage's JSONL inputs, for plugins: one JSON object per line, each with an `id`. Every error names
+//! the input, the file and the line, because the file is usually another stage's output and the user has to
+//! find the row. (judge-rules and judge-openai read their inputs with it.)
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-use api::{Error, OpContext};
+use crate::{Error, OpContext};
 use serde_json::{Map, Value};
 
 /// One row of an input.
-pub(crate) struct Row {
+pub struct Row {
     /// 1-based line number, for messages.
     pub line: usize,
     /// The row's `id`: a string or an integer, kept as written so outputs echo it unchanged.
@@ -19,7 +20,7 @@ pub(crate) struct Row {
 }
 
 /// An input read in full.
-pub(crate) struct Input {
+pub struct Input {
     /// The input's name in the stage (`responses`, `references`).
     pub name: String,
     /// The file read.
@@ -39,9 +40,11 @@ impl Input {
         match row.fields.get(key) {
             Some(Value::String(s)) => Ok(s),
             None => Err(Error::Failed(format!("{}: no field `{key}`", self.at(row.line)))),
-            Some(other) => {
-                Err(Error::Failed(format!("{}: field `{key}` must be a string, not {other}", self.at(row.line))))
-            }
+            Some(other) => Err(Error::Failed(format!(
+                "{}: field `{key}` must be a string, not {}",
+                self.at(row.line),
+                short(other)
+            ))),
         }
     }
 
@@ -49,6 +52,12 @@ impl Input {
     pub fn by_id(&self) -> BTreeMap<String, &Row> {
         self.rows.iter().map(|r| (r.id.to_string(), r)).collect()
     }
+}
+
+/// A value as shown in a message: its JSON text, cut after 60 characters (a field may hold a whole document).
+fn short(v: &Value) -> String {
+    let text = v.to_string();
+    if text.chars().count() > 60 { format!("{}…", text.chars().take(60).collect::<String>()) } else { text }
 }
 
 /// The file behind input `name`: the path itself, or the one `.jsonl` file in it when it is a directory (a whole
@@ -79,7 +88,7 @@ fn resolve(name: &str, path: &Path) -> Result<PathBuf, Error> {
 
 /// Reads input `name` of `ctx`. Blank lines are skipped (a trailing newline or two is common); anything else
 /// must be a JSON object with a string or integer `id`, unique in the file.
-pub(crate) fn read(ctx: &OpContext<'_>, name: &str) -> Result<Input, Error> {
+pub fn read(ctx: &OpContext<'_>, name: &str) -> Result<Input, Error> {
     let path = resolve(name, ctx.input(name)?)?;
     let file = std::fs::File::open(&path)
         .map_err(|e| Error::Failed(format!("input `{name}`: cannot open `{}`: {e}", path.display())))?;
@@ -106,8 +115,9 @@ pub(crate) fn read(ctx: &OpContext<'_>, name: &str) -> Result<Input, Error> {
             None => return Err(Error::Failed(format!("{}: no field `id`", input.at(n)))),
             Some(other) => {
                 return Err(Error::Failed(format!(
-                    "{}: field `id` must be a string or an integer, not {other}",
-                    input.at(n)
+                    "{}: field `id` must be a string or an integer, not {}",
+                    input.at(n),
+                    short(other)
                 )));
             }
         };
