@@ -138,6 +138,29 @@ fn one_instance_serves_every_request_and_a_crashed_worker_is_replaced() {
 }
 
 #[test]
+fn a_queued_request_whose_client_gave_up_is_never_generated() {
+    let p = fixture_project();
+    let s = Server::start(&p, &["--plugin-dir", "plugins", "--plugin", "fixture", "model.bin"]);
+    let url = format!("{}/v1/chat/completions", s.url);
+    // A holds the worker for 1.5 s; B queues behind it and its client gives up after 0.3 s.
+    let slow = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let answer = ureq::post(&url).send_json(chat("sleep 1500")).expect("the patient client is answered");
+            answer.into_json::<Value>().expect("a JSON answer")
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let impatient = ureq::post(&url).timeout(Duration::from_millis(300)).send_json(chat("never"));
+    assert!(impatient.is_err(), "the impatient client timed out");
+    let a = slow.join().unwrap();
+    assert_eq!(text(&a), "echo 2: sleep 1500");
+    // B was dropped from the queue: the instance's next generation is number 3, not 4.
+    let (_, c) = s.post("/v1/chat/completions", &chat("next")).unwrap();
+    assert_eq!(text(&c), "echo 3: next");
+}
+
+#[test]
 fn bad_requests_get_openai_errors_that_name_the_field() {
     let p = fixture_project();
     let s = Server::start(&p, &["--plugin-dir", "plugins", "--plugin", "fixture", "model.bin"]);

@@ -163,8 +163,13 @@ pub(crate) fn read_lines(
     let tx2 = tx.clone();
     let readers = [
         std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(Ok(line));
+            // Bytes, decoded lossily: a stray non-UTF-8 byte must not stop the reader (and then the worker, on a
+            // full pipe).
+            let mut reader = BufReader::new(out);
+            let mut buf = Vec::new();
+            while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+                let _ = tx.send(Ok(String::from_utf8_lossy(&buf).trim_end().to_string()));
+                buf.clear();
             }
         }),
         std::thread::spawn(move || {
@@ -220,10 +225,37 @@ impl api::Host for WorkerHost {
     }
 }
 
+/// The worker's channel to its parent: the process's original stdout, once [`claim_stdout`] has moved it aside.
+static PROTOCOL: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::OnceLock::new();
+
+/// Keeps stdout for the protocol: the original fd 1 is duplicated for [`emit`], and fd 1 becomes a copy of
+/// stderr, so that whatever a plugin (or a library it uses) prints lands in the stage log and can never break,
+/// or be mistaken for, a protocol line (a progress bar without a newline would otherwise swallow a result).
+fn claim_stdout() {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fds 1 and 2 belong to this process; this runs before any plugin code, and `dup` returns a new fd
+    // that nothing else owns, which the `File` then owns.
+    unsafe {
+        let fd = libc::dup(1);
+        if fd >= 0 && libc::dup2(2, 1) >= 0 {
+            let _ = PROTOCOL.set(std::sync::Mutex::new(std::fs::File::from_raw_fd(fd)));
+        }
+    }
+}
+
 fn emit(v: &serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
-    let _ = out.flush();
+    let line = format!("{v}\n");
+    match PROTOCOL.get() {
+        Some(file) => {
+            let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = f.write_all(line.as_bytes());
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.flush();
+        }
+    }
 }
 
 /// The pseudo-op that checks many stages' params in one worker: `params.checks` is a list of
@@ -271,6 +303,7 @@ fn open_plugin(which: &Which, linked: &[LinkedPlugin]) -> Result<api::client::Pl
 /// Worker side (`rto worker`): loads the plugin, runs one op, writes the result file. Returns the process
 /// exit code.
 pub fn main(which: &Which, op: &str, request: &Path, result: &Path, linked: &[LinkedPlugin]) -> i32 {
+    claim_stdout();
     let cancelled = Arc::new(AtomicBool::new(false));
     {
         let cancelled = cancelled.clone();
@@ -338,6 +371,7 @@ pub struct SessionCall {
 /// line on stdout (between the usual log and progress lines). The instance lives as long as the session, so
 /// an op may keep state between calls (a loaded model, for `rto serve`). EOF on stdin ends the session.
 pub fn session_main(which: &Which, linked: &[LinkedPlugin]) -> i32 {
+    claim_stdout();
     let reply = |r: &WorkerResult| emit(&serde_json::json!({ "result": r }));
     let fail = |message: String| WorkerResult::Error {
         status: api::ffi::STATUS_ERROR,

@@ -1,7 +1,7 @@
 //! The HTTP side of `rto serve` (hyper, HTTP/1.1 with keep-alive, on a single-threaded tokio runtime): routing,
 //! the test modes, and the hand-off of generations to the blocking worker session.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -12,6 +12,15 @@ use serde_json::{Value, json};
 
 use super::openai::{self, ApiError, Stamp};
 use super::{FailWith, Generator, Options};
+
+/// Sets its flag when dropped: with the request's future, when the client goes away.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
 
 /// Bodies larger than this are refused (a judge prompt with two long answers is well under it).
 const MAX_BODY: usize = 16 << 20;
@@ -169,8 +178,16 @@ async fn complete(
     }
     let generator = state.generator.clone();
     let params = parsed.params;
+    // Generations queue for the one worker. A client that hangs up (a judge's request timeout) drops this
+    // future; the guard then marks its queued generation as unwanted, so that retries do not pile up work
+    // nobody will read behind the lock.
+    let gone = Arc::new(AtomicBool::new(false));
+    let _guard = SetOnDrop(gone.clone());
     let result = tokio::task::spawn_blocking(move || {
         let mut g = generator.lock().unwrap_or_else(|p| p.into_inner());
+        if gone.load(Ordering::SeqCst) {
+            return Err(ApiError::server("the client went away before its turn"));
+        }
         g.generate(params)
     })
     .await

@@ -77,6 +77,10 @@ pub fn serve(opts: Options, which: Which) -> anyhow::Result<()> {
     }
     let opts = Options { model, adapter: opts.adapter.map(|a| std::path::absolute(&a).unwrap_or(a)), ..opts };
     let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
+    // Two directories, as for a stage: an op may clear its out dir without touching its scratch.
+    for sub in ["out", "scratch"] {
+        std::fs::create_dir(scratch.path().join(sub)).context("cannot create a scratch directory")?;
+    }
     let generator = Generator {
         session: Session::new(which),
         inputs: inputs(&opts),
@@ -130,8 +134,8 @@ impl Generator {
             stage_id: "serve".into(),
             params,
             inputs: self.inputs.clone(),
-            out_dir: self.scratch.clone(),
-            scratch_dir: self.scratch.clone(),
+            out_dir: self.scratch.join("out"),
+            scratch_dir: self.scratch.join("scratch"),
             gpus: vec![],
             validate_only: false,
         };

@@ -330,8 +330,9 @@ pub fn completion_response(result: &Value, model: &str, stamp: &Stamp) -> Value 
                 .map(|t| {
                     let mut m = serde_json::Map::new();
                     for alt in t["top_logprobs"].as_array().into_iter().flatten() {
+                        // Alternatives come most likely first; two ids decoding to one string keep the likelier.
                         if let Some(tok) = alt["token"].as_str() {
-                            m.insert(tok.to_string(), alt["logprob"].clone());
+                            m.entry(tok.to_string()).or_insert_with(|| alt["logprob"].clone());
                         }
                     }
                     Value::Object(m)

@@ -1,8 +1,8 @@
 //! A well-behaved test plugin whose ops misbehave on request: `copy` (the normal case), `fail`, `panic`,
 //! `abort`, `sleep` (until cancelled) and `exit` (the process exits under the host's feet); and `generate`, an
 //! echo for `rto serve`'s session mechanics: it answers `echo <n>: <last message>`, where `n` counts the calls
-//! this instance has served (so a test sees whether the instance survived), and aborts the process when the
-//! message is `abort`.
+//! this instance has served (so a test sees whether the instance survived), aborts the process when the
+//! message is `abort`, and first sleeps N ms when it is `sleep N`.
 
 use api::{Backend, Error, Kind, OpContext};
 
@@ -56,6 +56,14 @@ impl Backend for Fixture {
                 if text == "abort" {
                     std::process::abort();
                 }
+                if let Some(ms) = text.strip_prefix("sleep ").and_then(|ms| ms.parse::<u64>().ok()) {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                }
+                // Like a progress bar in some library: stdout, no newline. The worker keeps stdout for its
+                // protocol, so this must end up in the log and leave the answer intact.
+                print!("fixture: generating\r");
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
                 self.generated += 1;
                 let answer = format!("echo {}: {text}", self.generated);
                 let words = answer.split_whitespace().count() as u64;

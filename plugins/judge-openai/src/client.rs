@@ -147,6 +147,9 @@ impl Client {
                     message: format!("HTTP {status}, but reading the body failed: {}", self.io_message(&e)),
                     retry_after: None,
                 })?;
+                // Scrubbed before anything reads it: a server that echoes the key (in an error, or a judge that
+                // repeats its input) must not put it into a message, an excerpt cut mid-key, or items.jsonl.
+                let text = self.scrub(&text);
                 parse_answer(&text)
                     .map_err(|why| Failure::Permanent(format!("HTTP {status}, but {why}; body: {}", excerpt(&text))))
             }
@@ -154,7 +157,7 @@ impl Client {
                 let retry_after = response.header("Retry-After").and_then(parse_retry_after);
                 let reason = response.status_text().to_string();
                 let body = response.into_string().unwrap_or_default();
-                let message = format!("HTTP {status} {reason}: {}", excerpt(&body));
+                let message = format!("HTTP {status} {reason}: {}", excerpt(&self.scrub(&body)));
                 if transient_status(status) {
                     Err(Failure::Transient { message, retry_after })
                 } else {
@@ -254,7 +257,9 @@ pub(crate) fn parse_answer(body: &str) -> Result<Answer, String> {
     let choice = v.get("choices").and_then(|c| c.get(0)).ok_or("the body has no `choices[0]`")?;
     let text_of = |x: Option<&Value>| x.and_then(Value::as_str).map(str::to_string);
     let logprobs = match choice.pointer("/logprobs/content") {
-        Some(Value::Array(tokens)) => Some(tokens.iter().filter_map(token_logprob).collect()),
+        // Positions matter (alpaca-eval reads the first token's alternatives): stop at a malformed entry rather
+        // than skip it, so that a later token's alternatives never stand in for the first's.
+        Some(Value::Array(tokens)) => Some(tokens.iter().map_while(token_logprob).collect()),
         _ => None,
     };
     Ok(Answer {
@@ -281,6 +286,15 @@ fn token_logprob(v: &Value) -> Option<TokenLogprob> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_first_logprob_entry_is_not_replaced_by_the_second() {
+        let body = r#"{"choices":[{"message":{"content":"mM"},"logprobs":{"content":[
+            {"token":"m","logprob":null,"top_logprobs":[{"token":"m","logprob":-0.1}]},
+            {"token":"M","logprob":-0.2,"top_logprobs":[{"token":"M","logprob":-0.2},{"token":"m","logprob":-3.0}]}]}}]}"#;
+        let a = parse_answer(body).unwrap();
+        assert!(a.first_top_logprobs().is_empty(), "{:?}", a.logprobs);
+    }
 
     #[test]
     fn an_openai_response_is_read_with_its_logprobs() {
