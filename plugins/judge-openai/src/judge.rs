@@ -256,16 +256,31 @@ fn num(x: Option<f64>) -> Value {
     x.filter(|v| v.is_finite()).map_or(Value::Null, Value::from)
 }
 
+/// The share of undefined replicates (e.g. LC refits on resamples separated by length) beyond which no interval
+/// is reported: the replicates left out are the extreme ones, so the rest would give a too narrow interval.
+const MAX_UNDEFINED_SHARE: f64 = 0.05;
+
 /// The 95% percentile interval of `statistic` over a bootstrap by item (each item a cluster: the prompt is the
-/// unit, and a pairwise item's two orders are one item); `None` without replicates or finite values.
+/// unit, and a pairwise item's two orders are one item), and how many replicates were undefined; no interval
+/// without replicates, or when more than [`MAX_UNDEFINED_SHARE`] of them are undefined.
 fn bootstrap(
     ctx: &OpContext<'_>,
     p: &Params,
     ids: &[String],
     statistic: impl FnMut(&[usize]) -> f64,
 ) -> Result<Option<(f64, f64)>, Error> {
+    Ok(bootstrap_counted(ctx, p, ids, statistic)?.0)
+}
+
+/// [`bootstrap`] with the number of undefined (non-finite) replicates.
+fn bootstrap_counted(
+    ctx: &OpContext<'_>,
+    p: &Params,
+    ids: &[String],
+    statistic: impl FnMut(&[usize]) -> f64,
+) -> Result<(Option<(f64, f64)>, usize), Error> {
     if p.bootstrap == 0 || ids.is_empty() {
-        return Ok(None);
+        return Ok((None, 0));
     }
     let clusters = stats::clusters_by_key(ids);
     let mut stopped = false;
@@ -276,8 +291,13 @@ fn bootstrap(
     if stopped {
         return Err(Error::Cancelled);
     }
-    let finite: Vec<f64> = values.unwrap_or_default().into_iter().filter(|v| v.is_finite()).collect();
-    Ok(stats::percentile_interval(&finite, 0.95))
+    let values = values.unwrap_or_default();
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    let undefined = values.len() - finite.len();
+    if undefined as f64 > MAX_UNDEFINED_SHARE * values.len() as f64 {
+        return Ok((None, undefined));
+    }
+    Ok((stats::percentile_interval(&finite, 0.95), undefined))
 }
 
 /// The win-rate summary of parsed preferences of `a` (alpaca-eval and pairwise).
@@ -295,7 +315,7 @@ fn win_summary(
     let lc = stats::lc_win_rate(&prefs, &len_a, &len_b);
     let mean = |idx: &[usize]| idx.iter().map(|&i| prefs[i]).sum::<f64>() / idx.len() as f64;
     let ci = bootstrap(ctx, p, &ids, mean)?;
-    let lc_ci = bootstrap(ctx, p, &ids, |idx: &[usize]| {
+    let (lc_ci, lc_undefined) = bootstrap_counted(ctx, p, &ids, |idx: &[usize]| {
         let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<f64>>();
         stats::lc_win_rate(&pick(&prefs), &pick(&len_a), &pick(&len_b)).map_or(f64::NAN, |l| l.value)
     })?;
@@ -305,6 +325,9 @@ fn win_summary(
         ("discrete_win_rate_a", num(wr.as_ref().map(|w| w.discrete_win_rate))),
         ("lc_win_rate_a", num(lc.as_ref().map(|l| l.value))),
         ("lc_win_rate_a_ci_95", pair(lc_ci)),
+        // Resamples where the length-controlled fit has no optimum (separated by length); above 5% of the
+        // replicates the interval is null rather than too narrow.
+        ("lc_win_rate_a_undefined_replicates", Value::from(lc_undefined)),
         ("n_parsed", Value::from(parsed.len())),
         ("n_unparseable", Value::from(n - parsed.len())),
         ("seed", Value::from(p.seed)),
@@ -658,5 +681,37 @@ mod tests {
         let users: Vec<&str> = bodies.iter().map(|b| b["messages"][1]["content"].as_str().unwrap()).collect();
         assert_eq!(users, ["model|base", "base|model"]);
         assert!(bodies.iter().all(|b| b.get("logprobs").is_none() && b["temperature"] == json!(0.0)));
+    }
+}
+
+#[cfg(test)]
+mod bootstrap_tests {
+    use super::*;
+
+    struct Quiet;
+    impl api::Host for Quiet {
+        fn log(&self, _: u32, _: &str) {}
+        fn progress(&self, _: u64, _: u64, _: &str) {}
+        fn is_cancelled(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn an_lc_interval_over_mostly_undefined_refits_is_null_and_the_count_is_reported() {
+        let params = serde_json::json!({"endpoint": "http://127.0.0.1:9/v1", "model": "m", "bootstrap": 200});
+        let p = Params::parse("pairwise", &params).unwrap();
+        let (inputs, dir) = (BTreeMap::new(), std::env::temp_dir());
+        let ctx = OpContext::new("s", &params, &inputs, &dir, &dir, &[], &Quiet);
+        // Hard 0/1 preferences separated by length (a wins exactly where its answer is longer): the LC fit has no
+        // optimum on the sample or on almost any resample.
+        let parsed: Vec<(String, f64, f64, f64)> = (0..12)
+            .map(|i| (format!("q{i}"), if i % 2 == 0 { 1.0 } else { 0.0 }, if i % 2 == 0 { 90.0 } else { 10.0 }, 50.0))
+            .collect();
+        let s = win_summary(&p, &ctx, 12, &parsed).unwrap();
+        assert!(s["lc_win_rate_a_undefined_replicates"].as_u64().unwrap() > 10, "{s:?}");
+        assert!(s["lc_win_rate_a_ci_95"].is_null(), "{s:?}");
+        // The plain win rate's interval is unaffected.
+        assert!(s["win_rate_a_ci_95"].is_array(), "{s:?}");
     }
 }
