@@ -3,10 +3,10 @@
 //! `scancel`. No client library: the CLI is Slurm's stable interface, and it is what a login node offers.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -80,19 +80,64 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Submits a job and returns its id.
-pub fn sbatch(args: &[String], script: &str) -> anyhow::Result<String> {
-    let mut child = Command::new("sbatch")
-        .args(args)
-        .stdin(Stdio::piped())
+/// How long a Slurm command may take before it is killed and counted as failed: slurmctld can stall (during
+/// maintenance, or under load), and a poll blocked for minutes would also hold up Ctrl-C.
+const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `cmd` (stdout and stderr captured; `input` written to its stdin when given) and waits at most
+/// [`COMMAND_LIMIT`]; a command still running then is killed and reported, naming it.
+fn run_within(cmd: &mut Command, what: &str, input: Option<&str>) -> anyhow::Result<Output> {
+    run_limited(cmd, what, input, COMMAND_LIMIT)
+}
+
+/// [`run_within`] with another limit (for tests).
+fn run_limited(cmd: &mut Command, what: &str, input: Option<&str>, limit: Duration) -> anyhow::Result<Output> {
+    let mut child = cmd
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context(
-            "cannot run `sbatch` (is Slurm installed here and on PATH? `--executor slurm` submits from a login node)",
-        )?;
-    child.stdin.take().expect("piped").write_all(script.as_bytes()).context("cannot write the job script to sbatch")?;
-    let out = child.wait_with_output().context("sbatch")?;
+        .with_context(|| {
+            format!("cannot run `{what}` (is Slurm installed here and on PATH? `--executor slurm` submits from a login node)")
+        })?;
+    if let Some(text) = input {
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(text.as_bytes())
+            .with_context(|| format!("cannot write to `{what}`"))?;
+    }
+    // Pipes are drained on threads so that a chatty command cannot block on a full pipe while we wait.
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().with_context(|| format!("`{what}`"))? {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("`{what}` did not answer within {:?} (is slurmctld responding?)", limit);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() })
+}
+
+/// Submits a job and returns its id.
+pub fn sbatch(args: &[String], script: &str) -> anyhow::Result<String> {
+    let out = run_within(Command::new("sbatch").args(args), "sbatch", Some(script))?;
     if !out.status.success() {
         anyhow::bail!("sbatch refused the job: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -121,12 +166,11 @@ pub struct Queued {
 pub fn squeue(jobs: &[String]) -> anyhow::Result<BTreeMap<String, Queued>> {
     let mut all = BTreeMap::new();
     for chunk in jobs.chunks(200) {
-        let out = Command::new("squeue")
-            .args(["--noheader", "--format=%i|%T|%r|%N", "--jobs"])
-            .arg(chunk.join(","))
-            .stdin(Stdio::null())
-            .output()
-            .context("cannot run `squeue`")?;
+        let out = run_within(
+            Command::new("squeue").args(["--noheader", "--format=%i|%T|%r|%N", "--jobs"]).arg(chunk.join(",")),
+            "squeue",
+            None,
+        )?;
         let text = String::from_utf8_lossy(&out.stdout);
         // squeue fails when *every* listed job has left the queue ("Invalid job id specified"); that is an
         // answer, not an error.
@@ -217,11 +261,7 @@ impl JobInfo {
 
 /// What `scontrol` knows of `job`; `None` once it forgot it (`MinJobAge` after the end, without accounting).
 pub fn scontrol_job(job: &str) -> anyhow::Result<Option<JobInfo>> {
-    let out = Command::new("scontrol")
-        .args(["show", "job", "--oneliner", job])
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run `scontrol`")?;
+    let out = run_within(Command::new("scontrol").args(["show", "job", "--oneliner", job]), "scontrol", None)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         if stderr.contains("Invalid job id") {
@@ -251,7 +291,7 @@ fn parse_scontrol(text: &str) -> Option<JobInfo> {
 /// Cancels jobs (ids that already ended are ignored by Slurm).
 pub fn scancel(jobs: &[String]) -> anyhow::Result<()> {
     for chunk in jobs.chunks(200) {
-        let out = Command::new("scancel").args(chunk).stdin(Stdio::null()).output().context("cannot run `scancel`")?;
+        let out = run_within(Command::new("scancel").args(chunk), "scancel", None)?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() && !stderr.contains("Invalid job id") && !stderr.contains("already completing") {
             anyhow::bail!("scancel failed: {}", stderr.trim());
@@ -268,6 +308,15 @@ pub fn tail(path: &Path, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slurm_command_that_hangs_is_killed_and_named() {
+        let e = run_limited(Command::new("sleep").arg("30"), "squeue", None, Duration::from_millis(200)).unwrap_err();
+        assert!(e.to_string().contains("`squeue` did not answer within"), "{e}");
+        let out = run_limited(Command::new("sh").args(["-c", "cat; echo err >&2"]), "sh", Some("in\n"), COMMAND_LIMIT)
+            .unwrap();
+        assert_eq!((out.stdout.as_slice(), out.stderr.as_slice()), (&b"in\n"[..], &b"err\n"[..]));
+    }
 
     #[test]
     fn sbatch_flags_follow_resources_options_and_dependencies() {
