@@ -139,6 +139,14 @@ impl Backend {
         }
     }
 
+    /// Top-level params of this op that cannot change its results, left out of the action key.
+    pub fn unkeyed_params(&self) -> &[String] {
+        match self {
+            Backend::Builtin(_) => &[],
+            Backend::Plugin(p) => p.found.unkeyed_params.get(&p.op).map_or(&[], Vec::as_slice),
+        }
+    }
+
     /// Environment facts the back-end declares relevant to its results.
     pub fn env_facts(&self) -> BTreeMap<String, String> {
         BTreeMap::new()

@@ -723,3 +723,22 @@ fn smollm2_judges_for_real_through_rto_serve() {
     }
     assert_eq!(server.stats().0, 1 + 2 + 2, "probe, two alpaca-eval items, two refusal items");
 }
+
+#[test]
+fn how_requests_are_sent_is_not_in_the_key_so_changing_it_asks_nothing_again() {
+    let p = judge_project(WORDS);
+    let server = Server::start(&p.path("results/study/judge-model/model"), &[]);
+    let params = format!("endpoint = \"{}\", model = \"{SERVED}\", max_tokens = 6, concurrency = 2", server.endpoint());
+    add_stages(&p, &[stage("refuse", "refusal", "responses = \"responses.jsonl\"", &params)]);
+    assert_eq!(p.run(&[]).with_status("ran"), ["refuse"]);
+    let asked = server.stats().0;
+    // Concurrency, timeouts and retries change how the answers are fetched, not what they are: cached.
+    p.edit_study("concurrency = 2", "concurrency = 1, timeout_s = 120, max_attempts = 3");
+    let again = p.run(&[]);
+    assert!(again.with_status("ran").is_empty(), "{}", again.stdout);
+    assert!(again.with_status("cached").contains(&"refuse".to_string()), "{}", again.stdout);
+    assert_eq!(server.stats().0, asked, "nothing was asked again");
+    // A param the verdicts depend on is in the key.
+    p.edit_study("max_tokens = 6", "max_tokens = 7");
+    assert_eq!(p.run(&[]).with_status("ran"), ["refuse"]);
+}

@@ -9,7 +9,8 @@
 //! | `uses`    | another built-in or plugin op is other work                                                    |
 //! | `backend` | new code may compute something else: plugin name, version and library digest; for built-ins, |
 //! |           | rto's version and the built-in's own revision                                                  |
-//! | `params`  | canonical (sorted keys, integral floats as integers), so formatting and key order do not count |
+//! | `params`  | canonical (sorted keys, integral floats as integers), so formatting and key order do not count; |
+//! |           | without the params a plugin op declares unkeyed (how a judge sends requests, not what it asks)  |
 //! | `inputs`  | input name → kind and content digest of the artifact (upstream output or file)                 |
 //! | `env`     | environment facts the back-end declares relevant (device kind, dtype), and the number of GPUs  |
 //! |           | a stage reserves (`resources.gpus`), which changes what data-parallel training computes         |

@@ -151,7 +151,7 @@ impl<'s> Planned<'s> {
             schema: KEY_SCHEMA,
             uses: stage.uses.to_string(),
             backend: backend.identity(),
-            params: stage.params.clone(),
+            params: keyed_params(&stage.params, backend.unkeyed_params()),
             inputs,
             env,
         }))
@@ -252,4 +252,15 @@ pub fn stale_reason(store: &Store, study: &str, stage: &str, preimage: &ActionPr
 pub fn previous_preimage(store: &Store, key: &ActionKey) -> Option<ActionPreimage> {
     let record: ActionRecord = store.read_action_raw(key).ok()?;
     serde_json::from_value(record.preimage).ok()
+}
+
+/// `params` without the top-level keys the op declares unkeyed (connection and retry settings): what enters the
+/// action key.
+fn keyed_params(params: &serde_json::Value, unkeyed: &[String]) -> serde_json::Value {
+    match params {
+        serde_json::Value::Object(map) if !unkeyed.is_empty() => serde_json::Value::Object(
+            map.iter().filter(|(k, _)| !unkeyed.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ),
+        other => other.clone(),
+    }
 }

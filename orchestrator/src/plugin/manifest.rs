@@ -23,6 +23,9 @@ pub struct Manifest {
     pub library: String,
     /// The ops it offers.
     pub ops: Vec<String>,
+    /// Op → its params that cannot change results, left out of action keys (`OpInfo::unkeyed_params`).
+    #[serde(default)]
+    pub unkeyed_params: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Manifest {
@@ -47,6 +50,9 @@ impl Manifest {
         if !matches!(m.kind.as_str(), "model" | "judge") {
             return Err(format!("`{}`: `kind` must be `model` or `judge`", path.display()));
         }
+        if let Some(op) = m.unkeyed_params.keys().find(|op| !m.ops.contains(op)) {
+            return Err(format!("`{}`: `unkeyed_params.{op}` names an op that is not in `ops`", path.display()));
+        }
         if m.library.contains('/') || m.library.is_empty() {
             return Err(format!("`{}`: `library` must be a file name beside the manifest", path.display()));
         }
@@ -56,5 +62,29 @@ impl Manifest {
     /// The library's path, given the manifest's.
     pub fn library_path(&self, manifest: &Path) -> PathBuf {
         manifest.parent().unwrap_or(Path::new(".")).join(&self.library)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Result<Manifest, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.rto-plugin.toml");
+        std::fs::write(&path, text).unwrap();
+        Manifest::read(&path)
+    }
+
+    const HEAD: &str =
+        "name = \"j\"\nversion = \"0.1.0\"\nkind = \"judge\"\nabi = 1\nlibrary = \"libj.so\"\nops = [\"a\"]\n";
+
+    #[test]
+    fn unkeyed_params_are_read_per_op_and_must_name_an_op() {
+        let m = read(&format!("{HEAD}[unkeyed_params]\na = [\"concurrency\"]\n")).unwrap();
+        assert_eq!(m.unkeyed_params["a"], ["concurrency"]);
+        assert!(read(HEAD).unwrap().unkeyed_params.is_empty());
+        let e = read(&format!("{HEAD}[unkeyed_params]\nb = [\"x\"]\n")).unwrap_err();
+        assert!(e.contains("`unkeyed_params.b` names an op that is not in `ops`"), "{e}");
     }
 }

@@ -43,6 +43,8 @@ pub struct Found {
     pub kind: String,
     /// Its ops.
     pub ops: Vec<String>,
+    /// Op → params that cannot change its results, left out of its stages' action keys.
+    pub unkeyed_params: std::collections::BTreeMap<String, Vec<String>>,
     /// Where it is.
     pub source: Source,
 }
@@ -90,6 +92,7 @@ impl Registry {
                             version: m.version,
                             kind: m.kind,
                             ops: m.ops,
+                            unkeyed_params: m.unkeyed_params,
                             source: Source::Library { manifest, library, origin: origin.clone() },
                         });
                     }
@@ -108,6 +111,13 @@ impl Registry {
                         version: p.description.version.clone(),
                         kind: p.description.kind.clone(),
                         ops: p.description.ops.iter().map(|o| o.name.clone()).collect(),
+                        unkeyed_params: p
+                            .description
+                            .ops
+                            .iter()
+                            .filter(|o| !o.unkeyed_params.is_empty())
+                            .map(|o| (o.name.clone(), o.unkeyed_params.clone()))
+                            .collect(),
                         source: Source::Linked,
                     });
                 }

@@ -38,5 +38,5 @@ pub const BUILD_INFO: &str = concat!("rto-plugin-api ", env!("CARGO_PKG_VERSION"
 
 /// An [`protocol::OpInfo`] with no environment facts.
 pub fn op(name: &str, summary: &str) -> protocol::OpInfo {
-    protocol::OpInfo { name: name.into(), summary: summary.into(), env_facts: vec![] }
+    protocol::OpInfo { name: name.into(), summary: summary.into(), env_facts: vec![], unkeyed_params: vec![] }
 }

@@ -37,6 +37,11 @@ pub struct OpInfo {
     /// Environment facts its results depend on (e.g. `device`, `dtype`), which enter the action key.
     #[serde(default)]
     pub env_facts: Vec<String>,
+    /// Top-level params that cannot change its results (connection, concurrency and retry settings): rto leaves
+    /// them out of the action key, so changing one re-uses the cached result and the stage's scratch area (a
+    /// judge's item cache, say) instead of starting over. The op still receives them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unkeyed_params: Vec<String>,
 }
 
 /// What the host asks a stage op to do: the stage's params, its inputs as paths, and where to write.

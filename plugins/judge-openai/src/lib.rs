@@ -47,6 +47,12 @@ use params::Params;
 /// The item cache's file name in the stage's scratch directory (tests look for it).
 pub const ITEM_CACHE_FILE: &str = judge::CACHE_FILE;
 
+/// The params of every op that only say how requests are sent (the key's variable name, concurrency, retries,
+/// timeouts): left out of action keys (`OpInfo::unkeyed_params`). The endpoint stays in: another server may
+/// serve another model under the same name.
+pub const UNKEYED_PARAMS: &[&str] =
+    &["api_key_env", "backoff_max_ms", "backoff_ms", "concurrency", "max_attempts", "timeout_s"];
+
 /// The judge-openai backend. Stateless: every op reads its params and inputs afresh.
 pub struct JudgeOpenAi;
 
@@ -56,14 +62,17 @@ impl Backend for JudgeOpenAi {
     const KIND: Kind = Kind::Judge;
 
     fn ops() -> Vec<OpInfo> {
+        // How requests are sent cannot change a verdict: raising a timeout or lowering the concurrency after a
+        // failed run keeps the action key, so the rerun resumes from the item cache instead of paying again.
+        let op = |name: &str, summary: &str| OpInfo {
+            unkeyed_params: UNKEYED_PARAMS.iter().map(|p| p.to_string()).collect(),
+            ..api::op(name, summary)
+        };
         vec![
-            api::op(
-                "alpaca-eval",
-                "AlpacaEval 2 preference of `a` over `b` from the judge's m/M logprobs, LC win rate",
-            ),
-            api::op("pairwise", "MT-Bench pairwise verdicts [[A]]/[[B]]/[[C]] in both orders, win rate of `a`"),
-            api::op("single", "MT-Bench single-answer 1-10 [[rating]] per response, mean rating"),
-            api::op("refusal", "the paper's compliance/refusal judge per response, refusal rate"),
+            op("alpaca-eval", "AlpacaEval 2 preference of `a` over `b` from the judge's m/M logprobs, LC win rate"),
+            op("pairwise", "MT-Bench pairwise verdicts [[A]]/[[B]]/[[C]] in both orders, win rate of `a`"),
+            op("single", "MT-Bench single-answer 1-10 [[rating]] per response, mean rating"),
+            op("refusal", "the paper's compliance/refusal judge per response, refusal rate"),
         ]
     }
 

@@ -64,32 +64,38 @@ impl Backend for CandleLm {
                 name: "init".into(),
                 summary: "a new model directory with seeded random weights, from a tokenizer and config fields".into(),
                 env_facts: vec![],
+                unkeyed_params: vec![],
             },
             OpInfo {
                 name: "train".into(),
                 summary: "LoRA, full fine-tuning or plain LM training on a dataset stage's train.jsonl".into(),
                 env_facts: facts(),
+                unkeyed_params: vec![],
             },
             OpInfo {
                 name: "sample".into(),
                 summary: "one response per prompt of a prompts.jsonl (greedy, or sampled with top-k/top-p), batched"
                     .into(),
                 env_facts: facts(),
+                unkeyed_params: vec![],
             },
             OpInfo {
                 name: "tokenizer".into(),
                 summary: "a byte-level BPE tokenizer trained on JSONL or text files".into(),
                 env_facts: vec![],
+                unkeyed_params: vec![],
             },
             OpInfo {
                 name: "merge".into(),
                 summary: "a LoRA adapter merged into its base model's weights, written as an HF model directory".into(),
                 env_facts: facts(),
+                unkeyed_params: vec![],
             },
             OpInfo {
                 name: "generate".into(),
                 summary: "one completion on a live instance (rto serve)".into(),
                 env_facts: facts(),
+                unkeyed_params: vec![],
             },
         ]
     }

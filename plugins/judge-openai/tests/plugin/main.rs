@@ -110,6 +110,14 @@ fn the_plugin_describes_its_ops_as_its_manifest_does() {
     let listed = format!("ops = [{}]", ops.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", "));
     assert!(manifest.contains(&listed), "manifest lists {listed}:\n{manifest}");
     assert!(manifest.contains(&format!("version = \"{}\"", d.version)));
+    for op in &d.ops {
+        let list = op.unkeyed_params.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", ");
+        let key = if op.name.contains('-') { format!("\"{}\"", op.name) } else { op.name.clone() };
+        assert!(
+            manifest.contains(&format!("{key} = [{list}]")),
+            "manifest lists unkeyed {key} = [{list}]:\n{manifest}"
+        );
+    }
 }
 
 #[test]
