@@ -29,6 +29,7 @@ pub mod client;
 pub mod export;
 pub mod ffi;
 pub mod jsonl;
+pub mod params;
 pub mod protocol;
 
 pub use backend::{Backend, Error, Host, Kind, OpContext};

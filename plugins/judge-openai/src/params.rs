@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use api::Error;
+use api::params::{boolean, kind, string};
 use serde_json::{Map, Value};
 
 use crate::prompts::Templates;
@@ -260,49 +261,9 @@ fn is_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// The params as a table (null counts as empty), refusing keys outside `valid`.
+/// The params as a table, refusing unknown keys (see [`api::params::table`]).
 fn table(op: &str, params: &Value, valid: &[&str]) -> Result<Map<String, Value>, Error> {
-    let map = match params {
-        Value::Null => Map::new(),
-        Value::Object(m) => m.clone(),
-        other => return Err(Error::param(&[], format!("params of `{op}` must be a table, not {}", kind(other)))),
-    };
-    let mut keys: Vec<&String> = map.keys().collect();
-    keys.sort();
-    if let Some(key) = keys.into_iter().find(|k| !valid.contains(&k.as_str())) {
-        return Err(Error::param(
-            &[key],
-            format!("unknown param `{key}` for `judge-openai:{op}`; valid params: {}", valid.join(", ")),
-        ));
-    }
-    Ok(map)
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a table",
-    }
-}
-
-fn string(p: &Map<String, Value>, key: &str) -> Result<Option<String>, Error> {
-    match p.get(key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(Error::param(&[key], format!("`{key}` must be a string, not {}", kind(other)))),
-    }
-}
-
-fn boolean(p: &Map<String, Value>, key: &str) -> Result<Option<bool>, Error> {
-    match p.get(key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(Error::param(&[key], format!("`{key}` must be true or false, not {}", kind(other)))),
-    }
+    api::params::table("judge-openai", op, params, valid)
 }
 
 /// An integer in `lo..=hi`.

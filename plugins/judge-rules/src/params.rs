@@ -2,6 +2,7 @@
 //! validates cannot fail later on a param.
 
 use api::Error;
+use api::params::{boolean, kind, string};
 use serde_json::{Map, Value};
 
 use crate::{EXTENDED_PHRASES, XSTEST_PREFIXES};
@@ -229,50 +230,9 @@ fn owned(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-/// The params as a table (null counts as empty), refusing keys outside `valid`.
+/// The params as a table, refusing unknown keys (see [`api::params::table`]).
 fn table(op: &str, params: &Value, valid: &[&str]) -> Result<Map<String, Value>, Error> {
-    let map = match params {
-        Value::Null => Map::new(),
-        Value::Object(m) => m.clone(),
-        other => return Err(Error::param(&[], format!("params of `{op}` must be a table, not {}", kind(other)))),
-    };
-    // Sorted, so that with several unknown keys the same one is named every time.
-    let mut keys: Vec<&String> = map.keys().collect();
-    keys.sort();
-    if let Some(key) = keys.into_iter().find(|k| !valid.contains(&k.as_str())) {
-        return Err(Error::param(
-            &[key],
-            format!("unknown param `{key}` for `judge-rules:{op}`; valid params: {}", valid.join(", ")),
-        ));
-    }
-    Ok(map)
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a table",
-    }
-}
-
-fn string(p: &Map<String, Value>, key: &str) -> Result<Option<String>, Error> {
-    match p.get(key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(Error::param(&[key], format!("`{key}` must be a string, not {}", kind(other)))),
-    }
-}
-
-fn boolean(p: &Map<String, Value>, key: &str) -> Result<Option<bool>, Error> {
-    match p.get(key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(Error::param(&[key], format!("`{key}` must be true or false, not {}", kind(other)))),
-    }
+    api::params::table("judge-rules", op, params, valid)
 }
 
 /// A value for messages: its kind, or `an empty string` / `true` where the kind alone would not say what is wrong.
