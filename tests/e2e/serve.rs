@@ -72,6 +72,12 @@ impl Server {
     }
 }
 
+/// The pids of `pid`'s children (from /proc).
+fn children(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|c| c.parse().ok()).collect()
+}
+
 fn answer(r: Result<ureq::Response, ureq::Error>) -> Result<(u16, Value), Box<ureq::Error>> {
     match r {
         Ok(resp) => Ok((resp.status(), resp.into_json().expect("a JSON answer"))),
@@ -158,6 +164,21 @@ fn a_queued_request_whose_client_gave_up_is_never_generated() {
     // B was dropped from the queue: the instance's next generation is number 3, not 4.
     let (_, c) = s.post("/v1/chat/completions", &chat("next")).unwrap();
     assert_eq!(text(&c), "echo 3: next");
+}
+
+#[test]
+fn sigterm_stops_the_server_and_its_model_worker() {
+    let p = fixture_project();
+    let mut s = Server::start(&p, &["--plugin-dir", "plugins", "--plugin", "fixture", "model.bin"]);
+    let pid = s.child.id();
+    let workers = children(pid);
+    assert_eq!(workers.len(), 1, "one session worker: {workers:?}");
+    // SAFETY: a plain kill(2) of our own child process.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!Path::new(&format!("/proc/{}", workers[0])).exists(), "the worker is gone");
 }
 
 #[test]

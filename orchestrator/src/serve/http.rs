@@ -57,8 +57,27 @@ pub(super) fn run(
     let state = Arc::new(State { opts, generator, requests: AtomicU64::new(0), completions: AtomicU64::new(0) });
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        // Ctrl-C or SIGTERM ends the accept loop, so that `serve` returns and drops what it holds: the model
+        // worker is stopped and the scratch directory removed.
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        // Announced only now, with the handlers in place: a client (or a test) that stops the server as soon as
+        // it listens gets the clean shutdown too.
+        let addr = listener.local_addr()?;
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "listening on http://{addr}")?;
+            out.flush()?;
+        }
+        eprintln!("serving `{}` (OpenAI-compatible: http://{addr}/v1); stop with Ctrl-C", state.opts.served_name);
         loop {
-            let (stream, _) = match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+            };
+            let (stream, _) = match accepted {
                 Ok(s) => s,
                 // Out of file descriptors and the like: wait rather than spin or die.
                 Err(e) => {
@@ -76,6 +95,8 @@ pub(super) fn run(
                     .await;
             });
         }
+        eprintln!("stopping: the model worker ends and the scratch directory is removed");
+        Ok(())
     })
 }
 

@@ -69,7 +69,7 @@ fn inputs(opts: &Options) -> BTreeMap<String, PathBuf> {
 }
 
 /// Starts the worker, loads the model (so a bad model fails here, before anything listens), binds, prints
-/// `listening on http://ADDR` and serves until the process is stopped.
+/// `listening on http://ADDR` and serves until Ctrl-C or SIGTERM.
 pub fn serve(opts: Options, which: Which) -> anyhow::Result<()> {
     let model = std::path::absolute(&opts.model).unwrap_or(opts.model.clone());
     if !model.exists() {
@@ -101,14 +101,6 @@ pub fn serve(opts: Options, which: Which) -> anyhow::Result<()> {
     }
     let listener = std::net::TcpListener::bind((opts.host.as_str(), opts.port))
         .with_context(|| format!("cannot listen on {}:{}", opts.host, opts.port))?;
-    let addr = listener.local_addr()?;
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on http://{addr}")?;
-        out.flush()?;
-    }
-    eprintln!("serving `{}` (OpenAI-compatible: http://{addr}/v1); stop with Ctrl-C", opts.served_name);
     http::run(listener, opts, generator)
 }
 
