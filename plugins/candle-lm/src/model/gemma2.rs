@@ -16,9 +16,10 @@ use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
+use super::attention::{Attention, Shape};
 use crate::lora::{Linear, LoraSet};
 use crate::model::{KvCache, Step};
-use crate::nn::{self, Activation, Rope};
+use crate::nn::{Activation, Rope};
 
 /// The fields of a Gemma-2 `config.json` this decoder reads; names and defaults as in HF's `Gemma2Config`.
 #[derive(Debug, Clone, Deserialize)]
@@ -196,63 +197,6 @@ fn soft_cap(x: Tensor, cap: Option<f64>) -> Result<Tensor> {
     }
 }
 
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-    scale: f64,
-    softcap: Option<f64>,
-}
-
-impl Attention {
-    fn new(cfg: &Config, vb: VarBuilder, lora: Option<&LoraSet>) -> Result<Self> {
-        let (h, d, bias) = (cfg.hidden_size, cfg.head_dim, cfg.attention_bias);
-        let (q, kv) = (cfg.num_attention_heads * d, cfg.num_kv_heads() * d);
-        Ok(Self {
-            q_proj: Linear::new(h, q, bias, vb.pp("q_proj"), lora)?,
-            k_proj: Linear::new(h, kv, bias, vb.pp("k_proj"), lora)?,
-            v_proj: Linear::new(h, kv, bias, vb.pp("v_proj"), lora)?,
-            o_proj: Linear::new(q, h, bias, vb.pp("o_proj"), lora)?,
-            num_heads: cfg.num_attention_heads,
-            num_kv_heads: cfg.num_kv_heads(),
-            head_dim: d,
-            scale: cfg.query_pre_attn_scalar.powf(-0.5),
-            softcap: cfg.attn_logit_softcapping,
-        })
-    }
-
-    /// `x`: `(batch, len, hidden)`; `mask`: this layer's (local or global); `cache`: this layer's keys and
-    /// values so far, extended in place.
-    fn forward(
-        &self,
-        x: &Tensor,
-        (cos, sin): (&Tensor, &Tensor),
-        mask: &Tensor,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-    ) -> Result<Tensor> {
-        let (b, len, _) = x.dims3()?;
-        let heads = |t: Tensor, n: usize| t.reshape((b, len, n, self.head_dim))?.transpose(1, 2);
-        let q = Rope::apply(&heads(self.q_proj.forward(x)?, self.num_heads)?, cos, sin)?;
-        let mut k = Rope::apply(&heads(self.k_proj.forward(x)?, self.num_kv_heads)?, cos, sin)?;
-        let mut v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?.contiguous()?;
-        if let Some(slot) = cache {
-            if let Some((k0, v0)) = slot.as_ref() {
-                k = Tensor::cat(&[k0, &k], 2)?;
-                v = Tensor::cat(&[v0, &v], 2)?;
-            }
-            *slot = Some((k.clone(), v.clone()));
-        }
-        let rep = self.num_heads / self.num_kv_heads;
-        let (k, v) = (nn::repeat_kv(&k, rep)?, nn::repeat_kv(&v, rep)?);
-        let y = nn::attention(&q, &k, &v, self.scale, mask, self.softcap)?;
-        self.o_proj.forward(&y.transpose(1, 2)?.reshape((b, len, self.num_heads * self.head_dim))?)
-    }
-}
-
 struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
@@ -292,7 +236,20 @@ impl DecoderLayer {
     fn new(cfg: &Config, i: usize, vb: VarBuilder, lora: Option<&LoraSet>) -> Result<Self> {
         Ok(Self {
             input_layernorm: RmsNorm::new(cfg, vb.pp("input_layernorm"))?,
-            self_attn: Attention::new(cfg, vb.pp("self_attn"), lora)?,
+            self_attn: Attention::new(
+                Shape {
+                    hidden: cfg.hidden_size,
+                    num_heads: cfg.num_attention_heads,
+                    num_kv_heads: cfg.num_kv_heads(),
+                    head_dim: cfg.head_dim,
+                    qkv_bias: cfg.attention_bias,
+                    o_bias: cfg.attention_bias,
+                    scale: cfg.query_pre_attn_scalar.powf(-0.5),
+                    softcap: cfg.attn_logit_softcapping,
+                },
+                vb.pp("self_attn"),
+                lora,
+            )?,
             post_attention_layernorm: RmsNorm::new(cfg, vb.pp("post_attention_layernorm"))?,
             pre_feedforward_layernorm: RmsNorm::new(cfg, vb.pp("pre_feedforward_layernorm"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"), lora)?,

@@ -12,9 +12,10 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
+use super::attention::{Attention, Shape};
 use crate::lora::{Linear, LoraSet};
 use crate::model::{KvCache, Step};
-use crate::nn::{self, Activation, RmsNorm, Rope};
+use crate::nn::{Activation, RmsNorm, Rope};
 
 /// The fields of a Llama/Mistral/Qwen2 `config.json` this decoder reads; names as in the file.
 #[derive(Debug, Clone, Deserialize)]
@@ -169,59 +170,6 @@ impl Config {
     }
 }
 
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-}
-
-impl Attention {
-    fn new(cfg: &Config, vb: VarBuilder, lora: Option<&LoraSet>) -> Result<Self> {
-        let (h, d) = (cfg.hidden_size, cfg.head_dim());
-        let (q, kv) = (cfg.num_attention_heads * d, cfg.num_kv_heads() * d);
-        let qkv_bias = cfg.attention_bias || cfg.qkv_bias;
-        Ok(Self {
-            q_proj: Linear::new(h, q, qkv_bias, vb.pp("q_proj"), lora)?,
-            k_proj: Linear::new(h, kv, qkv_bias, vb.pp("k_proj"), lora)?,
-            v_proj: Linear::new(h, kv, qkv_bias, vb.pp("v_proj"), lora)?,
-            o_proj: Linear::new(q, h, cfg.attention_bias, vb.pp("o_proj"), lora)?,
-            num_heads: cfg.num_attention_heads,
-            num_kv_heads: cfg.num_kv_heads(),
-            head_dim: d,
-        })
-    }
-
-    /// `x`: `(batch, len, hidden)`; `cache`: this layer's keys and values so far, extended in place.
-    fn forward(
-        &self,
-        x: &Tensor,
-        (cos, sin): (&Tensor, &Tensor),
-        mask: &Tensor,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-    ) -> Result<Tensor> {
-        let (b, len, _) = x.dims3()?;
-        let heads = |t: Tensor, n: usize| t.reshape((b, len, n, self.head_dim))?.transpose(1, 2);
-        let q = Rope::apply(&heads(self.q_proj.forward(x)?, self.num_heads)?, cos, sin)?;
-        let mut k = Rope::apply(&heads(self.k_proj.forward(x)?, self.num_kv_heads)?, cos, sin)?;
-        let mut v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?.contiguous()?;
-        if let Some(slot) = cache {
-            if let Some((k0, v0)) = slot.as_ref() {
-                k = Tensor::cat(&[k0, &k], 2)?;
-                v = Tensor::cat(&[v0, &v], 2)?;
-            }
-            *slot = Some((k.clone(), v.clone()));
-        }
-        let rep = self.num_heads / self.num_kv_heads;
-        let (k, v) = (nn::repeat_kv(&k, rep)?, nn::repeat_kv(&v, rep)?);
-        let y = nn::attention(&q, &k, &v, 1.0 / (self.head_dim as f64).sqrt(), mask, None)?;
-        self.o_proj.forward(&y.transpose(1, 2)?.reshape((b, len, self.num_heads * self.head_dim))?)
-    }
-}
-
 struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
@@ -258,7 +206,20 @@ impl DecoderLayer {
     fn new(cfg: &Config, vb: VarBuilder, lora: Option<&LoraSet>) -> Result<Self> {
         Ok(Self {
             input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
-            self_attn: Attention::new(cfg, vb.pp("self_attn"), lora)?,
+            self_attn: Attention::new(
+                Shape {
+                    hidden: cfg.hidden_size,
+                    num_heads: cfg.num_attention_heads,
+                    num_kv_heads: cfg.num_kv_heads(),
+                    head_dim: cfg.head_dim(),
+                    qkv_bias: cfg.attention_bias || cfg.qkv_bias,
+                    o_bias: cfg.attention_bias,
+                    scale: 1.0 / (cfg.head_dim() as f64).sqrt(),
+                    softcap: None,
+                },
+                vb.pp("self_attn"),
+                lora,
+            )?,
             post_attention_layernorm: RmsNorm::new(
                 cfg.hidden_size,
                 cfg.rms_norm_eps,

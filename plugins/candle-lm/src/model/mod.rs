@@ -1,6 +1,7 @@
 //! The decoders, one file per architecture family, and what they share: the architecture chosen from a
 //! `config.json`, the KV cache, and the [`CausalLm`] trait the training loop and the sampler drive.
 
+mod attention;
 pub mod gemma2;
 pub mod llama;
 
